@@ -1,1 +1,3 @@
+mod tunnel;
+
 fn main() {}
