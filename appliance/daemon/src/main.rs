@@ -1,3 +1,120 @@
+//! `cloudpiped`, the cloudpipe appliance daemon.
+//!
+//! At boot it finds the payload (config drive, metadata service, or `--payload`),
+//! checks it, configures the VM's tenant interface, forwarding, the `cloudpipe0` TUN
+//! and proxy ARP or NAT, then terminates WireGuard on UDP 1194 until SIGTERM, taking
+//! client changes from instance properties without a restart. See run.rs for the
+//! order of things; this file only parses flags and sets up logging.
+
+mod backoff;
+mod configdrive;
+mod http;
+mod metadata;
+mod nat;
+mod netconf;
+mod notify;
+mod privileges;
+mod run;
+mod source;
+mod tun;
 mod tunnel;
 
-fn main() {}
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// The cloudpipe appliance daemon: boots from the payload and serves WireGuard.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Read the payload from this file (any encoding) instead of the config drive or
+    /// the metadata service.
+    #[arg(long, env = "CLOUDPIPED_PAYLOAD", value_name = "FILE")]
+    payload: Option<PathBuf>,
+
+    /// Config drive: `auto` (a block device labelled config-2), `none`, or a device,
+    /// image file or mounted directory.
+    #[arg(
+        long,
+        env = "CLOUDPIPED_CONFIG_DRIVE",
+        default_value = "auto",
+        value_name = "auto|none|PATH"
+    )]
+    config_drive: source::ConfigDrive,
+
+    /// Base URL of the metadata service.
+    #[arg(long, env = "CLOUDPIPED_METADATA_URL", default_value = "http://169.254.169.254", value_parser = parse_url)]
+    metadata_url: http::Url,
+
+    /// Seconds to keep retrying the metadata service at boot before giving up.
+    #[arg(long, env = "CLOUDPIPED_BOOT_TIMEOUT", default_value = "120", value_parser = parse_secs, value_name = "SECS")]
+    boot_timeout: Duration,
+
+    /// Seconds one metadata request may take, body included.
+    #[arg(long, env = "CLOUDPIPED_REQUEST_TIMEOUT", default_value = "5", value_parser = parse_secs, value_name = "SECS")]
+    request_timeout: Duration,
+
+    /// Seconds between polls of meta_data.json for added and revoked clients (0: off).
+    #[arg(long, env = "CLOUDPIPED_POLL_INTERVAL", default_value = "10", value_parser = parse_secs, value_name = "SECS")]
+    poll_interval: Duration,
+
+    /// Name of the TUN device.
+    #[arg(long, env = "CLOUDPIPED_TUN_NAME", default_value = tun::DEFAULT_NAME)]
+    tun_name: String,
+
+    /// Private directory for mounting a vfat config drive while it is read.
+    #[arg(
+        long,
+        env = "CLOUDPIPED_RUNTIME_DIR",
+        default_value = "/run/cloudpiped"
+    )]
+    runtime_dir: PathBuf,
+
+    /// Keep every capability after setup (debugging only).
+    #[arg(long, env = "CLOUDPIPED_KEEP_PRIVILEGES")]
+    keep_privileges: bool,
+
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `cloudpiped=debug`.
+    #[arg(long, env = "CLOUDPIPED_LOG", default_value = "info")]
+    log: String,
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    Duration::try_from_secs_f64(v).map_err(|e| format!("{s:?}: {e}"))
+}
+
+fn parse_url(s: &str) -> Result<http::Url, String> {
+    http::Url::parse(s).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&args.log)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_target(false)
+        // The journal adds its own timestamps; colour codes only confuse it.
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
+    let settings = run::Settings {
+        sources: source::Sources {
+            payload_file: args.payload,
+            config_drive: args.config_drive,
+            metadata_url: args.metadata_url,
+            boot_timeout: args.boot_timeout,
+            request_timeout: args.request_timeout,
+            mount_dir: args.runtime_dir.join("config-2"),
+        },
+        poll_interval: args.poll_interval,
+        tun_name: args.tun_name,
+        keep_privileges: args.keep_privileges || !privileges::is_root(),
+    };
+    run::main(settings)
+}

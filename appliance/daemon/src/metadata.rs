@@ -1,0 +1,50 @@
+//! The metadata service's paths and its `meta_data.json`, the document whose `meta`
+//! map (instance properties) carries the overlay of added and revoked clients.
+
+use std::collections::BTreeMap;
+
+/// Where user-data lives, OpenStack style first (issue order), then EC2 style.
+pub const USER_DATA_PATHS: [&str; 2] = ["openstack/latest/user_data", "latest/user-data"];
+pub const META_DATA_PATH: &str = "openstack/latest/meta_data.json";
+/// A `meta_data.json` is a few KiB; Nova's 128 properties of 255 characters fit in 64 KiB.
+pub const MAX_META_DATA: usize = 256 * 1024;
+
+/// The instance properties (`meta`) out of a `meta_data.json`. A document without
+/// `meta` has no properties; non-string values are not properties Nova writes and
+/// are reported as an error rather than guessed at.
+pub fn parse_meta(doc: &[u8]) -> Result<BTreeMap<String, String>, String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(doc).map_err(|e| format!("meta_data.json is not JSON: {e}"))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| "meta_data.json is not a JSON object".to_string())?;
+    let Some(meta) = obj.get("meta") else {
+        return Ok(BTreeMap::new());
+    };
+    let meta = meta
+        .as_object()
+        .ok_or_else(|| "meta_data.json: meta is not an object".to_string())?;
+    meta.iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) => Ok((k.clone(), s.clone())),
+            _ => Err(format!("meta_data.json: meta.{k} is not a string")),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_is_read() {
+        let doc = br#"{"uuid":"u","meta":{"cloudpipe-add-0":"v1 x","owner":"ops"},"hostname":"h"}"#;
+        let m = parse_meta(doc).unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m["owner"], "ops");
+        assert!(parse_meta(br#"{"uuid":"u"}"#).unwrap().is_empty());
+        assert!(parse_meta(b"[1]").is_err());
+        assert!(parse_meta(b"nope").is_err());
+        assert!(parse_meta(br#"{"meta":{"a":1}}"#).is_err());
+    }
+}
