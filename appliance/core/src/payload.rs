@@ -129,22 +129,37 @@ impl NovaPayload {
 
 /// Build the payload zip for `config`.
 pub fn build_zip(config: &Config) -> Vec<u8> {
-    let json = serde_json::to_vec_pretty(&config.to_file()).expect("ConfigFile always serializes");
+    zip_json(&config_json(config))
+}
+
+fn config_json(config: &Config) -> Vec<u8> {
+    serde_json::to_vec_pretty(&config.to_file()).expect("ConfigFile always serializes")
+}
+
+fn zip_json(json: &[u8]) -> Vec<u8> {
     let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
     let options = zip::write::SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Deflated)
         .unix_permissions(0o600);
     zip.start_file(CONFIG_MEMBER, options)
         .expect("in-memory zip");
-    zip.write_all(&json).expect("in-memory zip");
+    zip.write_all(json).expect("in-memory zip");
     zip.finish().expect("in-memory zip").into_inner()
 }
 
 /// Encode `config` as user-data in the given encoding. Nova's and the guest's forms
-/// are refused when Nova would refuse them (over [`MAX_USER_DATA`]).
+/// are refused when Nova would refuse them (over [`MAX_USER_DATA`]), and every form
+/// when [`decode`] would refuse it (`cloudpipe.json` over [`MAX_MEMBER_SIZE`]: a
+/// repetitive config deflates far below Nova's limit).
 pub fn encode(config: &Config, encoding: Encoding) -> Result<Vec<u8>, PayloadError> {
-    let zip = build_zip(config);
-    encode_zip(&zip, encoding)
+    let json = config_json(config);
+    if json.len() as u64 > MAX_MEMBER_SIZE {
+        return Err(PayloadError::MemberTooLarge {
+            name: CONFIG_MEMBER.to_string(),
+            max: MAX_MEMBER_SIZE,
+        });
+    }
+    encode_zip(&zip_json(&json), encoding)
 }
 
 /// Encode an already built zip.
@@ -546,6 +561,35 @@ echo "client-to-client" >> server.conf
         }
         if let Payload::Nova(n) = want {
             assert!(n.migration_hint().contains("import-nova"));
+        }
+    }
+
+    /// Found by the payload_decode fuzz target's round trip: 25000 DNS entries are
+    /// 250 KB of compact JSON (decodes), 375 KB pretty-printed as `encode` writes it,
+    /// and deflate to under 1 KB, far below Nova's limit. `encode` produced a
+    /// payload that `decode` refused with MemberTooLarge.
+    #[test]
+    fn encode_refuses_what_decode_would_refuse() {
+        let mut file = sample_file();
+        file.dns = vec![Ipv4Addr::new(1, 1, 1, 1); 25_000];
+        let compact = serde_json::to_vec(&file).unwrap();
+        assert!(compact.len() as u64 <= MAX_MEMBER_SIZE);
+        let config = match decode(&zip_of(&[(CONFIG_MEMBER, &compact)])).unwrap() {
+            Payload::Cloudpipe(c) => *c,
+            other => panic!("{other:?}"),
+        };
+        for enc in [Encoding::Nova, Encoding::Guest, Encoding::Zip] {
+            match encode(&config, enc) {
+                Ok(bytes) => assert_eq!(
+                    decode(&bytes),
+                    Ok(Payload::Cloudpipe(Box::new(config.clone()))),
+                    "{enc:?}"
+                ),
+                Err(e) => assert!(
+                    matches!(e, PayloadError::MemberTooLarge { .. }),
+                    "{enc:?}: {e:?}"
+                ),
+            }
         }
     }
 
