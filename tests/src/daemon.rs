@@ -1,0 +1,187 @@
+//! Running `cloudpiped` in the lab's `cloudpipe` namespace, with a NOTIFY_SOCKET the
+//! test listens on and stderr captured to a file.
+
+use crate::{bin_path, kill_child, Lab};
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+static N: AtomicUsize = AtomicUsize::new(0);
+
+/// Flags the lab passes unless the caller gives them: no config drive (other tests'
+/// images must not be picked up), the lab's metadata server, short timeouts.
+pub const DEFAULT_FLAGS: [(&str, &str); 5] = [
+    ("--config-drive", "none"),
+    ("--metadata-url", crate::METADATA_URL),
+    ("--boot-timeout", "30"),
+    ("--request-timeout", "2"),
+    ("--poll-interval", "1"),
+];
+
+pub struct Daemon {
+    child: Option<Child>,
+    pid: u32,
+    notify: UnixDatagram,
+    log: PathBuf,
+    messages: Vec<String>,
+    started: Instant,
+}
+
+/// How a daemon ended.
+#[derive(Debug, Clone, Copy)]
+pub struct Exit {
+    pub status: ExitStatus,
+    /// Wall time from start to exit.
+    pub elapsed: Duration,
+    /// Peak resident memory, KiB.
+    pub max_rss_kib: i64,
+}
+
+impl Lab {
+    /// Start `cloudpiped` in the `cloudpipe` namespace with `args` (plus
+    /// [`DEFAULT_FLAGS`] not overridden there).
+    pub fn start_daemon(&self, args: &[&str]) -> anyhow::Result<Daemon> {
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let bin = bin_path("cloudpiped")?;
+        let sock_path = self.dir().join(format!("notify-{n}.sock"));
+        let notify = UnixDatagram::bind(&sock_path)?;
+        notify.set_nonblocking(true)?;
+        let log = self.dir().join(format!("cloudpiped-{n}.log"));
+        let logf = std::fs::File::create(&log)?;
+        let run_dir = self.dir().join(format!("run-{n}"));
+        let mut cmd: Vec<String> = vec![bin.to_string_lossy().into_owned()];
+        for (flag, value) in DEFAULT_FLAGS {
+            if !args
+                .iter()
+                .any(|a| *a == flag || a.starts_with(&format!("{flag}=")))
+            {
+                cmd.push(flag.into());
+                cmd.push(value.into());
+            }
+        }
+        cmd.push("--runtime-dir".into());
+        cmd.push(run_dir.to_string_lossy().into_owned());
+        cmd.extend(args.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = cmd.iter().map(|s| s.as_str()).collect();
+        let child = self.spawn_with(&self.cloudpipe(), &refs, |c| {
+            c.env("NOTIFY_SOCKET", &sock_path)
+                .env("CLOUDPIPED_LOG", "debug")
+                .stdout(Stdio::null())
+                .stderr(logf);
+        })?;
+        Ok(Daemon {
+            pid: child.id(),
+            child: Some(child),
+            notify,
+            log,
+            messages: Vec::new(),
+            started: Instant::now(),
+        })
+    }
+}
+
+impl Daemon {
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Everything the daemon logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// sd_notify messages received so far.
+    pub fn notifications(&mut self) -> &[String] {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = self.notify.recv(&mut buf) {
+            self.messages
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        &self.messages
+    }
+
+    /// Wait for READY=1; fails early (with the log) if the daemon exits first.
+    pub fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<Duration> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self
+                .notifications()
+                .iter()
+                .any(|m| m.lines().any(|l| l == "READY=1"))
+            {
+                return Ok(self.started.elapsed());
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    anyhow::bail!(
+                        "cloudpiped exited with {status} before READY=1:\n{}",
+                        self.log()
+                    );
+                }
+            }
+            if Instant::now() >= deadline {
+                anyhow::bail!("no READY=1 within {timeout:?}; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        if self.child.is_some() {
+            // SAFETY: plain syscall on our unreaped child.
+            unsafe { libc::kill(self.pid as i32, sig) };
+        }
+    }
+
+    /// Wait for the daemon to exit (killing it after `timeout`), with its peak memory.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Exit> {
+        let deadline = Instant::now() + timeout;
+        let Some(child) = self.child.take() else {
+            anyhow::bail!("already waited for");
+        };
+        let pid = child.id() as i32;
+        std::mem::forget(child);
+        loop {
+            let mut status = 0;
+            // SAFETY: zeroed rusage is a valid out-parameter.
+            let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+            // SAFETY: our own child; pointers valid for the call.
+            let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
+            if r == pid {
+                use std::os::unix::process::ExitStatusExt;
+                return Ok(Exit {
+                    status: ExitStatus::from_raw(status),
+                    elapsed: self.started.elapsed(),
+                    max_rss_kib: ru.ru_maxrss,
+                });
+            }
+            if r < 0 {
+                anyhow::bail!("wait4: {}", std::io::Error::last_os_error());
+            }
+            if Instant::now() >= deadline {
+                kill_child(pid as u32);
+                anyhow::bail!(
+                    "cloudpiped did not exit within {timeout:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(&mut self, timeout: Duration) -> anyhow::Result<Exit> {
+        self.signal(libc::SIGTERM);
+        self.wait_exit(timeout)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.take().is_some() {
+            kill_child(self.pid);
+        }
+    }
+}

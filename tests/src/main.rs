@@ -1,0 +1,168 @@
+//! `cloudpipe-lab`: the lab for people and scripts, and the lab's metadata server.
+//!
+//! ```text
+//! cloudpipe-lab up [--keep] [--dhcp] [--metadata]   build a lab, print its namespaces
+//! cloudpipe-lab down [ID]                           delete kept labs (all dead ones, or ID)
+//! cloudpipe-lab exec ROLE CMD...                    run CMD in the last kept lab's ROLE
+//! cloudpipe-lab payload [--masquerade] [--zip]      print the lab network's payload
+//! cloudpipe-lab metadata-server --dir D --listen ADDR:PORT
+//! ```
+
+use cloudpipe_lab::{metadata_server, Lab, LabOptions, Role, NS_PREFIX};
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+const STATE: &str = "/run/cloudpipe-lab";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let r = match args.first().map(String::as_str) {
+        Some("metadata-server") => metadata(&args[1..]),
+        Some("up") => up(&args[1..]),
+        Some("down") => down(args.get(1).map(String::as_str)),
+        Some("exec") => exec(&args[1..]),
+        Some("payload") => payload(&args[1..]),
+        _ => {
+            eprintln!("usage: cloudpipe-lab up [--keep] [--dhcp] [--metadata] | down [ID] | exec ROLE CMD... | payload [--masquerade] [--zip] | metadata-server --dir D --listen ADDR:PORT");
+            return ExitCode::from(2);
+        }
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cloudpipe-lab: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn flag_value(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn metadata(args: &[String]) -> anyhow::Result<ExitCode> {
+    let dir = flag_value(args, "--dir").ok_or_else(|| anyhow::anyhow!("--dir is required"))?;
+    let listen = flag_value(args, "--listen").unwrap_or_else(|| "169.254.169.254:80".into());
+    metadata_server::serve(PathBuf::from(dir), &listen)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn up(args: &[String]) -> anyhow::Result<ExitCode> {
+    let keep = args.iter().any(|a| a == "--keep");
+    let lab = Lab::new(LabOptions {
+        dhcp: args.iter().any(|a| a == "--dhcp"),
+        metadata: args.iter().any(|a| a == "--metadata"),
+    })?;
+    for role in Role::ALL {
+        println!("{:<10} {}", role.suffix(), lab.ns(role));
+    }
+    println!("metadata  {}", lab.metadata_dir().display());
+    if keep {
+        std::fs::create_dir_all(STATE)?;
+        std::fs::write(format!("{STATE}/current"), lab.id())?;
+        let id = lab.keep();
+        println!("kept: `cloudpipe-lab exec ROLE CMD...`, `cloudpipe-lab down {id}`");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("press Enter to tear the lab down");
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn payload(args: &[String]) -> anyhow::Result<ExitCode> {
+    use cloudpipe_core::config::Mode;
+    use std::io::Write;
+    let mode = if args.iter().any(|a| a == "--masquerade") {
+        Mode::Masquerade
+    } else {
+        Mode::ProxyArp
+    };
+    let config = cloudpipe_lab::payloads::config(mode);
+    let bytes = if args.iter().any(|a| a == "--zip") {
+        cloudpipe_lab::payloads::zip(&config)
+    } else {
+        cloudpipe_lab::payloads::guest(&config)
+    };
+    std::io::stdout().write_all(&bytes)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn current() -> anyhow::Result<String> {
+    Ok(std::fs::read_to_string(format!("{STATE}/current"))
+        .map_err(|_| anyhow::anyhow!("no kept lab: run `cloudpipe-lab up --keep`"))?
+        .trim()
+        .to_string())
+}
+
+fn exec(args: &[String]) -> anyhow::Result<ExitCode> {
+    let role = args
+        .first()
+        .and_then(|r| Role::parse(r))
+        .ok_or_else(|| anyhow::anyhow!("ROLE is one of router, cloudpipe, tenant-vm, outside"))?;
+    anyhow::ensure!(args.len() > 1, "no command given");
+    let ns = format!("{}-{}", current()?, role.suffix());
+    let status = Command::new("ip")
+        .args(["netns", "exec", &ns])
+        .args(&args[1..])
+        .status()?;
+    Ok(ExitCode::from(status.code().unwrap_or(1) as u8))
+}
+
+/// A lab id's creator PID, from `cp<pid>x<n>`.
+fn creator(id: &str) -> Option<i32> {
+    id.strip_prefix(NS_PREFIX)?.split('x').next()?.parse().ok()
+}
+
+fn down(only: Option<&str>) -> anyhow::Result<ExitCode> {
+    let list = String::from_utf8(Command::new("ip").args(["netns", "list"]).output()?.stdout)?;
+    let mut removed = 0;
+    for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        let Some((id, role)) = ns.rsplit_once('-').map(|(a, b)| {
+            // "tenant-vm" holds a dash itself.
+            if b == "vm" {
+                (a.trim_end_matches("-tenant"), "tenant-vm")
+            } else {
+                (a, b)
+            }
+        }) else {
+            continue;
+        };
+        if Role::parse(role).is_none() {
+            continue;
+        }
+        let Some(pid) = creator(id) else { continue };
+        let selected = match only {
+            Some(o) => o == id,
+            // SAFETY: kill with signal 0 only checks for existence.
+            None => (unsafe { libc::kill(pid, 0) }) != 0,
+        };
+        if !selected {
+            continue;
+        }
+        let pids = String::from_utf8(
+            Command::new("ip")
+                .args(["netns", "pids", ns])
+                .output()?
+                .stdout,
+        )?;
+        for p in pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            // SAFETY: plain syscall on a process inside a lab namespace.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+        Command::new("ip").args(["netns", "del", ns]).status()?;
+        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("cloudpipe-lab-{id}")));
+        println!("deleted {ns}");
+        removed += 1;
+    }
+    if removed == 0 {
+        println!("no lab namespaces to delete");
+    }
+    let _ = std::fs::remove_file(format!("{STATE}/current"));
+    Ok(ExitCode::SUCCESS)
+}

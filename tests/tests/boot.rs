@@ -1,0 +1,487 @@
+//! Boot tests of `cloudpiped` in the network lab (root only; real kernel objects).
+//!
+//! Run `cargo build -p cloudpiped -p cloudpipe-lab` first (scripts/test does), then
+//! `cargo test -p cloudpipe-lab -- --test-threads=2`.
+
+use cloudpipe_core::config::Mode;
+use cloudpipe_lab::metadata_server::Mode as MdMode;
+use cloudpipe_lab::{payloads, wait_for, Lab, LabOptions};
+use std::io::Write;
+use std::time::Duration;
+
+/// Generous upper bound for anything "within seconds" on a loaded 2-core machine.
+const READY_WITHIN: Duration = Duration::from_secs(20);
+const EXIT_WITHIN: Duration = Duration::from_secs(30);
+/// A daemon that refuses a payload stays far below this.
+const MAX_RSS_KIB: i64 = 64 * 1024;
+
+macro_rules! lab_or_skip {
+    ($opts:expr) => {{
+        if cloudpipe_lab::skip_unless_root() {
+            return;
+        }
+        Lab::new($opts).expect("building the lab")
+    }};
+}
+
+/// The network state of the appliance namespace that a test compares.
+#[derive(Debug, PartialEq, Eq)]
+struct NetState {
+    eth0_v4: Vec<String>,
+    routes: Vec<String>,
+    proxies: Vec<String>,
+    tun: bool,
+    nft_cloudpipe: bool,
+}
+
+fn net_state(lab: &Lab) -> NetState {
+    let c = lab.cloudpipe();
+    let lines = |s: String| -> Vec<String> {
+        let mut v: Vec<String> = s
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect();
+        v.sort();
+        v
+    };
+    let eth0_v4 = lines(lab.ip(&c, "-4 -o addr show dev eth0").unwrap())
+        .into_iter()
+        .map(|l| l.split_whitespace().nth(3).unwrap_or_default().to_string())
+        .collect();
+    NetState {
+        eth0_v4,
+        routes: lines(lab.ip(&c, "-4 route show table main").unwrap()),
+        proxies: lines(lab.ip(&c, "neigh show proxy").unwrap()),
+        tun: lab.ip(&c, "link show cloudpipe0").is_ok(),
+        nft_cloudpipe: lab
+            .exec(&c, &["nft", "list", "table", "ip", "cloudpipe"])
+            .is_ok(),
+    }
+}
+
+fn udp_bound(lab: &Lab) -> bool {
+    lab.exec(&lab.cloudpipe(), &["ss", "-Huln", "sport = :1194"])
+        .map(|s| s.contains(":1194"))
+        .unwrap_or(false)
+}
+
+fn assert_booted(lab: &Lab, mode: Mode) -> NetState {
+    let s = net_state(lab);
+    assert_eq!(s.eth0_v4, vec!["10.77.0.2/24".to_string()], "{s:?}");
+    assert_eq!(
+        s.routes
+            .iter()
+            .filter(|r| r.starts_with("default via 10.77.0.1 dev eth0"))
+            .count(),
+        1,
+        "{s:?}"
+    );
+    assert!(s.tun, "{s:?}");
+    assert!(
+        s.routes
+            .iter()
+            .any(|r| r.starts_with("10.77.0.240/29 dev cloudpipe0")),
+        "{s:?}"
+    );
+    let mtu = lab.ip(&lab.cloudpipe(), "link show cloudpipe0").unwrap();
+    assert!(mtu.contains("mtu 1420") && mtu.contains(",UP"), "{mtu}");
+    assert!(udp_bound(lab));
+    match mode {
+        Mode::ProxyArp => {
+            assert_eq!(
+                s.proxies,
+                vec!["10.77.0.240 dev eth0 proxy", "10.77.0.241 dev eth0 proxy"],
+                "{s:?}"
+            );
+            assert!(!s.nft_cloudpipe);
+        }
+        Mode::Masquerade => {
+            assert!(s.proxies.is_empty(), "{s:?}");
+            assert!(s.nft_cloudpipe);
+        }
+    }
+    s
+}
+
+fn assert_cleaned(lab: &Lab) {
+    let s = net_state(lab);
+    assert!(!s.tun, "TUN left behind: {s:?}");
+    assert!(s.proxies.is_empty(), "proxy entries left behind: {s:?}");
+    assert!(!s.nft_cloudpipe, "NAT table left behind");
+    assert_eq!(
+        s.eth0_v4,
+        vec!["10.77.0.2/24".to_string()],
+        "tenant address must stay: {s:?}"
+    );
+    assert!(!s.routes.iter().any(|r| r.contains("cloudpipe0")), "{s:?}");
+}
+
+#[test]
+fn boots_from_metadata_and_follows_instance_properties() {
+    let lab = lab_or_skip!(LabOptions {
+        dhcp: true,
+        metadata: true
+    });
+    let config = payloads::config(Mode::ProxyArp);
+    lab.set_user_data(&payloads::guest(&config)).unwrap();
+    let mut d = lab.start_daemon(&[]).unwrap();
+    let took = d.wait_ready(READY_WITHIN).unwrap();
+    eprintln!("READY=1 after {took:?}");
+    assert!(d.notifications().iter().any(|m| m.contains("STATUS=")));
+    assert_booted(&lab, Mode::ProxyArp);
+
+    // The tenant VM resolves a client address to the appliance (proxy ARP).
+    let mac = lab.ip(&lab.cloudpipe(), "link show eth0").unwrap();
+    let mac = mac
+        .split("link/ether ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let t = lab.tenant_vm();
+    let _ = lab.output(&t, &["ping", "-c", "1", "-W", "1", "10.77.0.240"]);
+    let neigh = lab.ip(&t, "neigh show 10.77.0.240").unwrap();
+    assert!(
+        neigh.contains(&mac),
+        "tenant VM's ARP entry for a client: {neigh:?}, appliance MAC {mac}"
+    );
+
+    // Revoke bob, add carol through instance properties: no restart.
+    let carol = payloads::peer("carol", 4, 242);
+    let add = format!("v1 carol {} - {}", carol.public_key, carol.address);
+    let revoke = format!("v1 {}", payloads::key(3).public_key());
+    lab.set_meta([
+        ("cloudpipe-add-0", add.as_str()),
+        ("cloudpipe-revoke-0", revoke.as_str()),
+        ("owner", "ops"),
+    ])
+    .unwrap();
+    let c = lab.cloudpipe();
+    wait_for(
+        Duration::from_secs(20),
+        "proxy entries for alice and carol",
+        || {
+            let p = lab.ip(&c, "neigh show proxy")?;
+            Ok(p.contains("10.77.0.240 ")
+                && p.contains("10.77.0.242 ")
+                && !p.contains("10.77.0.241 "))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+
+    // A bad overlay is one log line and the last good peers stay.
+    lab.set_meta([("cloudpipe-add-0", "v1 broken")]).unwrap();
+    wait_for(Duration::from_secs(20), "overlay rejection logged", || {
+        Ok(d.log().contains("metadata overlay rejected"))
+    })
+    .unwrap();
+    let p = lab.ip(&c, "neigh show proxy").unwrap();
+    assert!(
+        p.contains("10.77.0.242 ") && !p.contains("10.77.0.241 "),
+        "{p}"
+    );
+
+    // SIGHUP re-reads at once.
+    lab.set_meta([]).unwrap();
+    d.signal(libc::SIGHUP);
+    wait_for(
+        Duration::from_secs(20),
+        "payload peers back after SIGHUP",
+        || {
+            let p = lab.ip(&c, "neigh show proxy")?;
+            Ok(p.contains("10.77.0.241 ") && !p.contains("10.77.0.242 "))
+        },
+    )
+    .unwrap();
+
+    let exit = d.stop(EXIT_WITHIN).unwrap();
+    assert!(exit.status.success(), "{exit:?}\n{}", d.log());
+    assert_cleaned(&lab);
+    let log = d.log();
+    assert!(
+        !log.contains(&payloads::server_key().to_base64()),
+        "a private key was logged"
+    );
+}
+
+#[test]
+fn waits_for_a_metadata_server_that_comes_up_late() {
+    let lab = lab_or_skip!(LabOptions {
+        dhcp: true,
+        metadata: false
+    });
+    lab.set_user_data(&payloads::guest(&payloads::config(Mode::ProxyArp)))
+        .unwrap();
+    let mut d = lab.start_daemon(&["--boot-timeout", "60"]).unwrap();
+    // The server is 10 s late (setup, not an assertion: the daemon must be waiting).
+    std::thread::sleep(Duration::from_secs(10));
+    assert!(d.notifications().iter().all(|m| !m.contains("READY=1")));
+    lab.start_metadata().unwrap();
+    let took = d.wait_ready(READY_WITHIN).unwrap();
+    eprintln!("READY=1 {took:?} after start, metadata server up after 10 s");
+    assert!(d.log().contains("metadata service not ready"));
+    assert_booted(&lab, Mode::ProxyArp);
+    assert!(d.stop(EXIT_WITHIN).unwrap().status.success());
+}
+
+fn zip_of(members: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opt = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    for (name, data) in members {
+        z.start_file(*name, opt).unwrap();
+        z.write_all(data).unwrap();
+    }
+    z.finish().unwrap().into_inner()
+}
+
+fn guest_of(zip: &[u8]) -> Vec<u8> {
+    cloudpipe_core::payload::encode_zip(zip, cloudpipe_core::payload::Encoding::Guest).unwrap()
+}
+
+#[test]
+fn bad_payloads_are_refused_in_bounded_time_and_memory_leaving_the_vm_untouched() {
+    let lab = lab_or_skip!(LabOptions {
+        dhcp: true,
+        metadata: true
+    });
+    let before = net_state(&lab);
+    let good = payloads::guest(&payloads::config(Mode::ProxyArp));
+    let slip_target = std::env::temp_dir().join(format!("cloudpipe-slip-{}", lab.id()));
+    let slip_name = format!("../../../../../../..{}", slip_target.display());
+    let mut bad_mtu = payloads::config_file(Mode::ProxyArp);
+    bad_mtu.mtu = Some(100);
+    let bad_mtu = zip_of(&[("cloudpipe.json", &serde_json::to_vec(&bad_mtu).unwrap())]);
+    let bomb = zip_of(&[("cloudpipe.json", &vec![b' '; 16 * 1024 * 1024])]);
+    let slip = zip_of(&[(slip_name.as_str(), b"owned"), ("cloudpipe.json", b"{}")]);
+
+    // (case, user_data or None for 404, server mode, exit status, log must contain, time bound)
+    let cases: Vec<(&str, Option<Vec<u8>>, MdMode, i32, &str, u64)> = vec![
+        ("404", None, MdMode::Normal, 3, "no payload", 10),
+        (
+            "garbage",
+            Some(b"#!/bin/sh\necho not a payload\n".to_vec()),
+            MdMode::Normal,
+            2,
+            "field=user_data",
+            10,
+        ),
+        (
+            "truncated base64",
+            Some(good[..good.len() / 2 + 3].to_vec()),
+            MdMode::Normal,
+            2,
+            "payload rejected",
+            10,
+        ),
+        (
+            "zip bomb",
+            Some(guest_of(&bomb)),
+            MdMode::Normal,
+            2,
+            "inflates beyond",
+            10,
+        ),
+        (
+            "zip slip",
+            Some(guest_of(&slip)),
+            MdMode::Normal,
+            2,
+            "unexpected member",
+            10,
+        ),
+        (
+            "bad field",
+            Some(guest_of(&bad_mtu)),
+            MdMode::Normal,
+            2,
+            "field=cloudpipe.json.mtu",
+            10,
+        ),
+        (
+            "endless body",
+            Some(good.clone()),
+            MdMode::Endless,
+            4,
+            "body larger than",
+            20,
+        ),
+        (
+            "trickling body",
+            Some(good.clone()),
+            MdMode::Trickle,
+            4,
+            "no complete response",
+            20,
+        ),
+    ];
+    for (name, data, mode, code, needle, bound) in cases {
+        match &data {
+            Some(d) => lab.set_user_data(d).unwrap(),
+            None => lab.remove_user_data().unwrap(),
+        }
+        lab.set_metadata_mode(mode).unwrap();
+        let mut d = lab
+            .start_daemon(&["--boot-timeout", "6", "--request-timeout", "2"])
+            .unwrap();
+        let exit = d.wait_exit(EXIT_WITHIN).unwrap();
+        let log = d.log();
+        eprintln!("{name}: {exit:?}");
+        assert_eq!(exit.status.code(), Some(code), "{name}: {log}");
+        assert!(
+            log.contains(needle),
+            "{name}: expected {needle:?} in:\n{log}"
+        );
+        assert!(
+            exit.elapsed < Duration::from_secs(bound),
+            "{name}: took {:?}",
+            exit.elapsed
+        );
+        assert!(
+            exit.max_rss_kib < MAX_RSS_KIB,
+            "{name}: peak RSS {} KiB",
+            exit.max_rss_kib
+        );
+        assert!(
+            !d.notifications().iter().any(|m| m.contains("READY=1")),
+            "{name}"
+        );
+        assert_eq!(net_state(&lab), before, "{name}: the VM's network changed");
+        assert!(
+            !slip_target.exists(),
+            "{name}: zip slip wrote {}",
+            slip_target.display()
+        );
+        let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+        assert_eq!(
+            errors.len(),
+            1,
+            "{name}: one clear error line expected:\n{log}"
+        );
+    }
+}
+
+#[test]
+fn restarts_find_their_leftovers_and_sigterm_cleans_up() {
+    let lab = lab_or_skip!(LabOptions {
+        dhcp: true,
+        metadata: true
+    });
+    lab.set_user_data(&payloads::guest(&payloads::config(Mode::ProxyArp)))
+        .unwrap();
+    // First run dies hard: its proxy entries stay behind (its TUN goes with its fd).
+    let mut d = lab.start_daemon(&[]).unwrap();
+    d.wait_ready(READY_WITHIN).unwrap();
+    let first = assert_booted(&lab, Mode::ProxyArp);
+    d.signal(libc::SIGKILL);
+    d.wait_exit(EXIT_WITHIN).unwrap();
+    // Second and third runs: same state, nothing duplicated; SIGTERM cleans.
+    for run in 2..=3 {
+        let mut d = lab.start_daemon(&[]).unwrap();
+        d.wait_ready(READY_WITHIN)
+            .unwrap_or_else(|e| panic!("run {run}: {e}"));
+        assert_eq!(assert_booted(&lab, Mode::ProxyArp), first, "run {run}");
+        let exit = d.stop(EXIT_WITHIN).unwrap();
+        assert!(exit.status.success(), "run {run}: {}", d.log());
+        assert_cleaned(&lab);
+    }
+}
+
+#[test]
+fn payload_file_needs_no_address_and_masquerade_is_cleaned_up() {
+    // No DHCP: the daemon assigns .2/24 and the default route itself.
+    let lab = lab_or_skip!(LabOptions {
+        dhcp: false,
+        metadata: false
+    });
+    let path = lab.dir().join("payload.zip");
+    std::fs::write(&path, payloads::zip(&payloads::config(Mode::Masquerade))).unwrap();
+    let p = path.to_str().unwrap();
+    for _ in 0..2 {
+        let mut d = lab
+            .start_daemon(&["--payload", p, "--poll-interval", "0"])
+            .unwrap();
+        d.wait_ready(READY_WITHIN).unwrap();
+        assert_booted(&lab, Mode::Masquerade);
+        let rules = lab
+            .exec(
+                &lab.cloudpipe(),
+                &["nft", "list", "table", "ip", "cloudpipe"],
+            )
+            .unwrap();
+        assert_eq!(rules.matches("snat to 10.77.0.2").count(), 1, "{rules}");
+        // The gateway is reachable with the address the daemon gave itself.
+        lab.exec(
+            &lab.cloudpipe(),
+            &["ping", "-c", "1", "-W", "2", "10.77.0.1"],
+        )
+        .unwrap();
+        assert!(d.stop(EXIT_WITHIN).unwrap().status.success(), "{}", d.log());
+        assert_cleaned(&lab);
+    }
+}
+
+/// Detaches a loop device when dropped.
+struct Loop(String);
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn config_drive_boots_without_a_metadata_server() {
+    let lab = lab_or_skip!(LabOptions {
+        dhcp: false,
+        metadata: false
+    });
+    let tree = lab.dir().join("config-drive");
+    let latest = tree.join("openstack/latest");
+    std::fs::create_dir_all(&latest).unwrap();
+    std::fs::write(
+        latest.join("user_data"),
+        payloads::guest(&payloads::config(Mode::ProxyArp)),
+    )
+    .unwrap();
+    std::fs::write(
+        latest.join("meta_data.json"),
+        br#"{"uuid":"x","meta":{"owner":"ops"}}"#,
+    )
+    .unwrap();
+    let iso = lab.dir().join("config-2.iso");
+    cloudpipe_lab::run(
+        std::process::Command::new("genisoimage")
+            .args(["-quiet", "-J", "-r", "-V", "config-2", "-o"])
+            .arg(&iso)
+            .arg(&tree),
+    )
+    .expect("genisoimage (package genisoimage) builds the config drive");
+    // A real block device labelled config-2, found by the daemon's label probe.
+    let dev = cloudpipe_lab::run(
+        std::process::Command::new("losetup")
+            .args(["-f", "--show", "-r"])
+            .arg(&iso),
+    )
+    .map(|s| s.trim().to_string());
+    let (_loop, arg) = match dev {
+        Ok(dev) => (Some(Loop(dev)), "auto".to_string()),
+        // No loop devices here: give the image itself.
+        Err(e) => {
+            eprintln!("no loop device ({e}); passing the image path");
+            (None, iso.to_string_lossy().into_owned())
+        }
+    };
+    let mut d = lab
+        .start_daemon(&["--config-drive", &arg, "--poll-interval", "0"])
+        .unwrap();
+    d.wait_ready(READY_WITHIN).unwrap();
+    assert!(d.log().contains("config drive"), "{}", d.log());
+    assert_booted(&lab, Mode::ProxyArp);
+    assert!(d.stop(EXIT_WITHIN).unwrap().status.success());
+    assert_cleaned(&lab);
+}
