@@ -18,7 +18,6 @@
 pub mod daemon;
 pub mod metadata_server;
 pub mod payloads;
-pub mod wg_client;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
