@@ -259,7 +259,8 @@ fn bad_payloads_are_refused_in_bounded_time_and_memory_leaving_the_vm_untouched(
     let slip = zip_of(&[(slip_name.as_str(), b"owned"), ("cloudpipe.json", b"{}")]);
 
     // (case, user_data or None for 404, server mode, exit status, log must contain, time bound)
-    let cases: Vec<(&str, Option<Vec<u8>>, MdMode, i32, &str, u64)> = vec![
+    type Case<'a> = (&'a str, Option<Vec<u8>>, MdMode, i32, &'a str, u64);
+    let cases: Vec<Case> = vec![
         ("404", None, MdMode::Normal, 3, "no payload", 10),
         (
             "garbage",
