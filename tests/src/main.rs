@@ -4,7 +4,7 @@
 //! cloudpipe-lab up [--keep] [--dhcp] [--metadata]   build a lab, print its namespaces
 //! cloudpipe-lab down [ID]                           delete kept labs (all dead ones, or ID)
 //! cloudpipe-lab exec ROLE CMD...                    run CMD in the last kept lab's ROLE
-//! cloudpipe-lab payload [--masquerade] [--zip]      print the lab network's payload
+//! cloudpipe-lab payload [--masquerade] [--zip|--json] print the lab network's payload
 //! cloudpipe-lab metadata-server --dir D --listen ADDR:PORT
 //! ```
 
@@ -23,7 +23,7 @@ fn main() -> ExitCode {
         Some("exec") => exec(&args[1..]),
         Some("payload") => payload(&args[1..]),
         _ => {
-            eprintln!("usage: cloudpipe-lab up [--keep] [--dhcp] [--metadata] | down [ID] | exec ROLE CMD... | payload [--masquerade] [--zip] | metadata-server --dir D --listen ADDR:PORT");
+            eprintln!("usage: cloudpipe-lab up [--keep] [--dhcp] [--metadata] | down [ID] | exec ROLE CMD... | payload [--masquerade] [--zip|--json] | metadata-server --dir D --listen ADDR:PORT");
             return ExitCode::from(2);
         }
     };
@@ -81,7 +81,11 @@ fn payload(args: &[String]) -> anyhow::Result<ExitCode> {
         Mode::ProxyArp
     };
     let config = cloudpipe_lab::payloads::config(mode);
-    let bytes = if args.iter().any(|a| a == "--zip") {
+    let bytes = if args.iter().any(|a| a == "--json") {
+        let mut v = serde_json::to_vec_pretty(&config.to_file())?;
+        v.push(b'\n');
+        v
+    } else if args.iter().any(|a| a == "--zip") {
         cloudpipe_lab::payloads::zip(&config)
     } else {
         cloudpipe_lab::payloads::guest(&config)

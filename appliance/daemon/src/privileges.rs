@@ -40,7 +40,12 @@ pub fn drop_all_but(keep: &[u32]) -> anyhow::Result<()> {
         .trim()
         .parse()?;
     for cap in 0..=last {
-        if keep.contains(&cap) {
+        // Caps already outside the bounding set (a unit's CapabilityBoundingSet=)
+        // need no drop, and dropping needs CAP_SETPCAP, which such a unit may lack.
+        // SAFETY: prctl with integer arguments only.
+        let in_bounding =
+            unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong, 0, 0, 0) } == 1;
+        if keep.contains(&cap) || !in_bounding {
             continue;
         }
         // SAFETY: prctl with integer arguments only.

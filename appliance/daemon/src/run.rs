@@ -519,3 +519,27 @@ async fn undo_with(net: &Net, c: &Cleanup) {
     }
     tracing::info!("cleaned up: TUN, proxy entries and NAT rules removed; tenant address kept");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_is_a_valid_payload_config() {
+        let file: cloudpipe_core::config::ConfigFile =
+            serde_json::from_str(include_str!("../../../configs/example-network.json")).unwrap();
+        let config = Config::try_from(file).unwrap();
+        assert_eq!(config.address, Ipv4Addr::new(10, 0, 0, 2));
+        assert!(payload::encode(&config, payload::Encoding::Nova).is_ok());
+    }
+
+    #[test]
+    fn rejections_name_their_field() {
+        let e = PayloadError::Config(cloudpipe_core::config::ConfigError {
+            field: "peers[1].address".into(),
+            reason: "x".into(),
+        });
+        assert_eq!(payload_field(&e), "cloudpipe.json.peers[1].address");
+        assert_eq!(payload_field(&PayloadError::Empty), "user_data");
+    }
+}
