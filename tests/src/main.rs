@@ -1,7 +1,8 @@
 //! `cloudpipe-lab`: the lab for people and scripts, and the lab's metadata server.
 //!
 //! ```text
-//! cloudpipe-lab up [--keep] [--dhcp] [--metadata]   build a lab, print its namespaces
+//! cloudpipe-lab up [--keep] [--dhcp] [--metadata] [--payload]
+//!                                                   build a lab, print its namespaces
 //! cloudpipe-lab down [ID]                           delete kept labs (all dead ones, or ID)
 //! cloudpipe-lab exec ROLE CMD...                    run CMD in the last kept lab's ROLE
 //! cloudpipe-lab payload [--masquerade] [--zip|--json] print the lab network's payload
@@ -23,7 +24,7 @@ fn main() -> ExitCode {
         Some("exec") => exec(&args[1..]),
         Some("payload") => payload(&args[1..]),
         _ => {
-            eprintln!("usage: cloudpipe-lab up [--keep] [--dhcp] [--metadata] | down [ID] | exec ROLE CMD... | payload [--masquerade] [--zip|--json] | metadata-server --dir D --listen ADDR:PORT");
+            eprintln!("usage: cloudpipe-lab up [--keep] [--dhcp] [--metadata] [--payload] | down [ID] | exec ROLE CMD... | payload [--masquerade] [--zip|--json] | metadata-server --dir D --listen ADDR:PORT");
             return ExitCode::from(2);
         }
     };
@@ -55,6 +56,10 @@ fn up(args: &[String]) -> anyhow::Result<ExitCode> {
         dhcp: args.iter().any(|a| a == "--dhcp"),
         metadata: args.iter().any(|a| a == "--metadata"),
     })?;
+    if args.iter().any(|a| a == "--payload") {
+        let config = cloudpipe_lab::payloads::config(cloudpipe_core::config::Mode::ProxyArp);
+        lab.set_user_data(&cloudpipe_lab::payloads::guest(&config))?;
+    }
     for role in Role::ALL {
         println!("{:<10} {}", role.suffix(), lab.ns(role));
     }
