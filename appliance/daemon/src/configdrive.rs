@@ -315,4 +315,49 @@ mod tests {
         assert_eq!(probe_label(&[0u8; 4096]), None);
         assert_eq!(probe_label(b"short"), None);
     }
+
+    /// Build a config drive the way Nova does (`genisoimage -J -r -V config-2`) and
+    /// read it back through the Joliet tree. Skipped when genisoimage is missing.
+    #[test]
+    fn reads_a_genisoimage_config_drive() {
+        let dir = std::env::temp_dir().join(format!("cloudpiped-iso-{}", std::process::id()));
+        let tree = dir.join("tree");
+        std::fs::create_dir_all(tree.join("openstack/latest")).unwrap();
+        std::fs::create_dir_all(tree.join("ec2/latest")).unwrap();
+        let long = "A".repeat(5000);
+        std::fs::write(tree.join(USER_DATA), &long).unwrap();
+        std::fs::write(tree.join(META_DATA), b"{\"meta\":{}}").unwrap();
+        let iso = dir.join("cd.iso");
+        let built = std::process::Command::new("genisoimage")
+            .args(["-quiet", "-J", "-r", "-V", "config-2", "-o"])
+            .arg(&iso)
+            .arg(&tree)
+            .status();
+        if !built.is_ok_and(|s| s.success()) {
+            eprintln!("genisoimage not available: skipped");
+            let _ = std::fs::remove_dir_all(&dir);
+            return;
+        }
+        let head = read_head(&iso).unwrap();
+        assert_eq!(probe_label(&head), Some((FsKind::Iso9660, LABEL.into())));
+        let c = read(&iso, &dir.join("mnt")).unwrap();
+        assert_eq!(c.user_data.as_deref(), Some(long.as_bytes()));
+        assert_eq!(c.meta_data.as_deref(), Some(&b"{\"meta\":{}}"[..]));
+        let mut f = File::open(&iso).unwrap();
+        assert_eq!(
+            iso_read_file(&mut f, "openstack/latest/missing").unwrap(),
+            None
+        );
+        assert_eq!(
+            iso_read_file(&mut f, "nope/latest/user_data").unwrap(),
+            None
+        );
+        // Garbage and truncation are errors, not panics.
+        let bytes = std::fs::read(&iso).unwrap();
+        for cut in [40_000usize, 34_000, 16 * 2048 + 100] {
+            let mut c = std::io::Cursor::new(bytes[..cut.min(bytes.len())].to_vec());
+            let _ = iso_read_file(&mut c, USER_DATA);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -399,4 +399,54 @@ mod tests {
         assert!(!HttpError::NotFound.is_transient());
         assert!(HttpError::Status(503).is_transient());
     }
+
+    /// Serve one canned response on loopback, optionally then stalling forever.
+    async fn serve_once(response: &'static [u8], stall: bool) -> Url {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(response).await;
+            if stall {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+        });
+        Url::parse(&format!(
+            "http://127.0.0.1:{port}/openstack/latest/user_data"
+        ))
+        .unwrap()
+    }
+
+    const LIMITS: Limits = Limits {
+        timeout: Duration::from_millis(500),
+        max_body: MAX,
+    };
+
+    #[tokio::test]
+    async fn real_socket_ok_404_and_stall() {
+        let u = serve_once(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            true,
+        )
+        .await;
+        assert_eq!(get(&u, LIMITS).await.unwrap(), b"ok");
+        let u = serve_once(
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+            false,
+        )
+        .await;
+        assert!(matches!(get(&u, LIMITS).await, Err(HttpError::NotFound)));
+        let u = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", true).await;
+        assert!(matches!(get(&u, LIMITS).await, Err(HttpError::Timeout(_))));
+        let u = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", false).await;
+        assert!(matches!(
+            get(&u, LIMITS).await,
+            Err(HttpError::Malformed(_))
+        ));
+        // Nothing listening: a transient error, not a 404.
+        let u = Url::parse("http://127.0.0.1:1/x").unwrap();
+        assert!(get(&u, LIMITS).await.unwrap_err().is_transient());
+    }
 }
