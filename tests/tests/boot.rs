@@ -142,12 +142,15 @@ fn boots_from_metadata_and_follows_instance_properties() {
         .unwrap()
         .to_string();
     let t = lab.tenant_vm();
-    let _ = lab.output(&t, &["ping", "-c", "1", "-W", "1", "10.77.0.240"]);
-    let neigh = lab.ip(&t, "neigh show 10.77.0.240").unwrap();
-    assert!(
-        neigh.contains(&mac),
-        "tenant VM's ARP entry for a client: {neigh:?}, appliance MAC {mac}"
-    );
+    wait_for(
+        Duration::from_secs(10),
+        "the tenant VM's ARP entry for a client",
+        || {
+            let _ = lab.output(&t, &["ping", "-c", "1", "-W", "1", "10.77.0.240"]);
+            Ok(lab.ip(&t, "neigh show 10.77.0.240")?.contains(&mac))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}: appliance MAC {mac}"));
 
     // Revoke bob, add carol through instance properties: no restart.
     let carol = payloads::peer("carol", 4, 242);

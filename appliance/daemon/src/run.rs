@@ -263,6 +263,10 @@ async fn configure(
             .link_by_name(&settings.tun_name)
             .await?
             .ok_or_else(|| anyhow::anyhow!("TUN device {} vanished", settings.tun_name))?;
+        // IPv4 only: no link-local address, router solicitations or ND into the tunnel.
+        if let Err(e) = netconf::set_sysctl(&format!("net/ipv6/conf/{}/disable_ipv6", settings.tun_name), "1") {
+            tracing::debug!(error = %e, "cannot disable IPv6 on the TUN device");
+        }
         net.set_up(link.index, Some(u32::from(config.mtu))).await?;
         for cidr in config.pool.cidrs() {
             net.replace_route(cidr.network(), cidr.prefix(), link.index).await?;
@@ -272,6 +276,13 @@ async fn configure(
             Mode::ProxyArp => {
                 // A table a masquerade run may have left goes (absent nft is fine here).
                 let _ = nat::remove();
+                // Answer ARP for clients at once instead of after a random delay of up
+                // to 0.8 s (proxy_delay): a tenant VM's first packet to a client is not
+                // held back.
+                let key = format!("net/ipv4/neigh/{}/proxy_delay", tenant.name);
+                if let Err(e) = netconf::set_sysctl(&key, "0") {
+                    tracing::warn!(error = %e, %key, "cannot set proxy_delay");
+                }
                 sync_proxies(&net, tenant.index, config, peers, &tenant.name).await?
             }
             Mode::Masquerade => {
