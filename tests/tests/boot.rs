@@ -480,6 +480,8 @@ fn config_drive_boots_without_a_metadata_server() {
             (None, iso.to_string_lossy().into_owned())
         }
     };
+    // Nothing configured the NIC: it is even down; the daemon brings it up.
+    lab.ip(&lab.cloudpipe(), "link set eth0 down").unwrap();
     let mut d = lab
         .start_daemon(&["--config-drive", &arg, "--poll-interval", "0"])
         .unwrap();

@@ -297,13 +297,16 @@ pub fn pick_tenant<'a>(
     {
         return Ok(l);
     }
+    // A link with a carrier first; else (a config-drive boot where nothing brought
+    // the NIC up, so no carrier shows yet) the first link that is down: we bring it up.
     let mut candidates: Vec<&Link> = links
         .iter()
-        .filter(|l| !l.loopback && l.name != tun_name && l.carrier)
+        .filter(|l| !l.loopback && l.name != tun_name && (l.carrier || !l.up))
         .collect();
-    candidates.sort_by_key(|l| l.index);
+    candidates.sort_by_key(|l| (!l.carrier, l.index));
     candidates.first().copied().ok_or_else(|| {
-        "interface: no link holds the default route and none has a carrier".to_string()
+        "interface: no link holds the default route, none has a carrier and none is down"
+            .to_string()
     })
 }
 
@@ -354,6 +357,16 @@ mod tests {
                 .index,
             3
         );
-        assert!(pick_tenant(&links[..2], None, None, "cloudpipe0").is_err());
+        // Only a down NIC (nothing configured it yet): that one.
+        assert_eq!(
+            pick_tenant(&links[..2], None, None, "cloudpipe0")
+                .unwrap()
+                .index,
+            2
+        );
+        // Up without carrier (cable out) is not a candidate.
+        let mut dead = link(2, "eth0", false, false);
+        dead.up = true;
+        assert!(pick_tenant(&[links[0].clone(), dead], None, None, "cloudpipe0").is_err());
     }
 }
