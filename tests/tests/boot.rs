@@ -404,7 +404,7 @@ fn payload_file_needs_no_address_and_masquerade_is_cleaned_up() {
     let path = lab.dir().join("payload.zip");
     std::fs::write(&path, payloads::zip(&payloads::config(Mode::Masquerade))).unwrap();
     let p = path.to_str().unwrap();
-    for _ in 0..2 {
+    for run in 0..2 {
         let mut d = lab
             .start_daemon(&["--payload", p, "--poll-interval", "0"])
             .unwrap();
@@ -423,6 +423,18 @@ fn payload_file_needs_no_address_and_masquerade_is_cleaned_up() {
             &["ping", "-c", "1", "-W", "2", "10.77.0.1"],
         )
         .unwrap();
+        if run == 0 {
+            // SIGHUP re-reads the payload: a change is reported, not applied.
+            let mut changed = payloads::config(Mode::Masquerade);
+            changed.mtu = 1400;
+            std::fs::write(&path, payloads::zip(&changed)).unwrap();
+            d.signal(libc::SIGHUP);
+            wait_for(Duration::from_secs(10), "payload change reported", || {
+                Ok(d.log().contains("the payload changed"))
+            })
+            .unwrap();
+            std::fs::write(&path, payloads::zip(&payloads::config(Mode::Masquerade))).unwrap();
+        }
         assert!(d.stop(EXIT_WITHIN).unwrap().status.success(), "{}", d.log());
         assert_cleaned(&lab);
     }

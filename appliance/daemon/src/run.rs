@@ -14,7 +14,7 @@ use crate::nat;
 use crate::netconf::{self, Link, Net};
 use crate::notify::Notifier;
 use crate::privileges;
-use crate::source::{self, ConfigDrive, SourceError, Sources};
+use crate::source::{self, Origin, SourceError, Sources};
 use crate::tun;
 use crate::tunnel;
 use cloudpipe_core::config::{Config, Mode, Peer};
@@ -50,7 +50,8 @@ pub struct Settings {
 /// What boot built, handed to the serving phase.
 struct Booted {
     config: Config,
-    source: String,
+    source: Origin,
+    user_data: Vec<u8>,
     tenant: Link,
     tun: tun_rs::SyncDevice,
     udp: std::net::UdpSocket,
@@ -136,7 +137,7 @@ async fn boot(settings: &Settings, notifier: &Notifier) -> Result<Booted, u8> {
         notifier.status(&format!("failed: {e}"));
         code
     })?;
-    let src = fetched.source.clone();
+    let src = fetched.source.to_string();
     let config = match payload::decode(&fetched.user_data) {
         Ok(Payload::Cloudpipe(c)) => *c,
         Ok(Payload::Nova(n)) => {
@@ -169,7 +170,8 @@ async fn boot(settings: &Settings, notifier: &Notifier) -> Result<Booted, u8> {
     match configure(settings, &config, &peers).await {
         Ok((tenant, tun, udp)) => Ok(Booted {
             config,
-            source: src,
+            source: fetched.source,
+            user_data: fetched.user_data,
             tenant,
             tun,
             udp,
@@ -346,6 +348,7 @@ async fn serve(booted: Booted, settings: &Settings, notifier: &Notifier) -> u8 {
     let Booted {
         config,
         source,
+        user_data,
         tenant,
         tun,
         udp,
@@ -409,6 +412,9 @@ async fn serve(booted: Booted, settings: &Settings, notifier: &Notifier) -> u8 {
             _ = hup.recv() => "SIGHUP",
             _ = ticker.tick(), if polling => "poll",
         };
+        if reason == "SIGHUP" {
+            check_payload(&source, &user_data, &config, settings).await;
+        }
         let fresh = match read_meta(settings, &source).await {
             Ok(m) => {
                 if poll_failing {
@@ -479,19 +485,39 @@ fn diff(old: &[Peer], new: &[Peer]) -> (usize, usize) {
 
 /// Instance properties, from the metadata service or (when booted from one) a config
 /// drive that can be read without mounting.
-async fn read_meta(settings: &Settings, source: &str) -> anyhow::Result<BTreeMap<String, String>> {
+/// SIGHUP: read the payload again. It cannot change on a real cloud (user-data is
+/// fixed at launch) but a `--payload` file can; a changed configuration is reported,
+/// not applied: the pool, keys and addresses of a running appliance stay put.
+async fn check_payload(origin: &Origin, booted: &[u8], config: &Config, settings: &Settings) {
+    match source::reread(origin, &settings.sources).await {
+        Ok(bytes) if bytes == booted => {}
+        Ok(bytes) => match payload::decode(&bytes) {
+            Ok(Payload::Cloudpipe(c)) if *c == *config => {}
+            Ok(_) => {
+                tracing::warn!(source = %origin, "the payload changed; restart cloudpiped to apply it (instance properties are applied live)")
+            }
+            Err(e) => {
+                tracing::warn!(source = %origin, field = %payload_field(&e), "the payload changed and would be rejected: {e}")
+            }
+        },
+        Err(e) => tracing::warn!(source = %origin, error = %e, "cannot read the payload again"),
+    }
+}
+
+async fn read_meta(
+    settings: &Settings,
+    source: &Origin,
+) -> anyhow::Result<BTreeMap<String, String>> {
     let s = &settings.sources;
     let url = s.metadata_url.join(metadata::META_DATA_PATH);
     let http_err = match http::get(&url, source::meta_data_limits(s.request_timeout)).await {
         Ok(doc) => return metadata::parse_meta(&doc).map_err(anyhow::Error::msg),
         Err(e) => anyhow::anyhow!("{url}: {e}"),
     };
-    if let ConfigDrive::Path(p) = &s.config_drive {
-        if source.starts_with("config drive") {
-            if let Ok(c) = crate::configdrive::read(p, &s.mount_dir) {
-                if let Some(doc) = c.meta_data {
-                    return metadata::parse_meta(&doc).map_err(anyhow::Error::msg);
-                }
+    if let Origin::ConfigDrive(p) = source {
+        if let Ok(c) = crate::configdrive::read(p, &s.mount_dir) {
+            if let Some(doc) = c.meta_data {
+                return metadata::parse_meta(&doc).map_err(anyhow::Error::msg);
             }
         }
     }

@@ -54,11 +54,28 @@ pub struct Sources {
     pub mount_dir: PathBuf,
 }
 
+/// Where a payload was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    File(PathBuf),
+    ConfigDrive(PathBuf),
+    Metadata(Url),
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::File(p) => write!(f, "file {}", p.display()),
+            Origin::ConfigDrive(p) => write!(f, "config drive {}", p.display()),
+            Origin::Metadata(u) => write!(f, "{u}"),
+        }
+    }
+}
+
 /// A payload and where it came from.
 #[derive(Debug)]
 pub struct Fetched {
-    /// Human-readable origin, for log lines about the payload.
-    pub source: String,
+    pub source: Origin,
     pub user_data: Vec<u8>,
     /// `meta_data.json`, when the source has one.
     pub meta_data: Option<Vec<u8>>,
@@ -99,7 +116,7 @@ pub async fn fetch(s: &Sources) -> Result<Fetched, SourceError> {
     if let Some(path) = &s.payload_file {
         let user_data = read_capped(path)?;
         return Ok(Fetched {
-            source: format!("file {}", path.display()),
+            source: Origin::File(path.clone()),
             user_data,
             meta_data: None,
         });
@@ -110,7 +127,7 @@ pub async fn fetch(s: &Sources) -> Result<Fetched, SourceError> {
         ConfigDrive::Auto => configdrive::find_device().map(|(p, _)| p),
     };
     if let Some(dev) = drive {
-        let source = format!("config drive {}", dev.display());
+        let source = Origin::ConfigDrive(dev.clone());
         tracing::info!(%source, "reading config drive");
         let c = configdrive::read(&dev, &s.mount_dir)
             .map_err(|e| SourceError::Other(format!("{source}: {e:#}")))?;
@@ -127,6 +144,20 @@ pub async fn fetch(s: &Sources) -> Result<Fetched, SourceError> {
         });
     }
     fetch_metadata(s).await
+}
+
+/// Read the payload again from where it was found, once (no retries): SIGHUP.
+pub async fn reread(origin: &Origin, s: &Sources) -> Result<Vec<u8>, String> {
+    match origin {
+        Origin::File(p) => read_capped(p).map_err(|e| e.to_string()),
+        Origin::ConfigDrive(p) => configdrive::read(p, &s.mount_dir)
+            .map_err(|e| format!("{e:#}"))?
+            .user_data
+            .ok_or_else(|| format!("no {}", configdrive::USER_DATA)),
+        Origin::Metadata(u) => http::get(u, user_data_limits(s.request_timeout))
+            .await
+            .map_err(|e| e.to_string()),
+    }
 }
 
 fn read_capped(path: &std::path::Path) -> Result<Vec<u8>, SourceError> {
@@ -164,7 +195,7 @@ async fn fetch_metadata(s: &Sources) -> Result<Fetched, SourceError> {
                         }
                     };
                     return Ok(Fetched {
-                        source: url.to_string(),
+                        source: Origin::Metadata(url),
                         user_data,
                         meta_data,
                     });
