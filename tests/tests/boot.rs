@@ -131,6 +131,16 @@ fn boots_from_metadata_and_follows_instance_properties() {
     assert!(d.notifications().iter().any(|m| m.contains("STATUS=")));
     assert_booted(&lab, Mode::ProxyArp);
 
+    // After setup only CAP_NET_ADMIN (bit 12) is left, on every thread, in every set.
+    for task in std::fs::read_dir(format!("/proc/{}/task", d.pid())).unwrap() {
+        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+        for set in ["CapEff:", "CapPrm:", "CapBnd:", "CapInh:", "CapAmb:"] {
+            let line = status.lines().find(|l| l.starts_with(set)).unwrap();
+            let v = u64::from_str_radix(line[set.len()..].trim(), 16).unwrap();
+            assert_eq!(v & !(1 << 12), 0, "{line}");
+        }
+    }
+
     // The tenant VM resolves a client address to the appliance (proxy ARP).
     let mac = lab.ip(&lab.cloudpipe(), "link show eth0").unwrap();
     let mac = mac
@@ -204,10 +214,16 @@ fn boots_from_metadata_and_follows_instance_properties() {
     assert!(exit.status.success(), "{exit:?}\n{}", d.log());
     assert_cleaned(&lab);
     let log = d.log();
+    let config = payloads::config(Mode::ProxyArp);
     assert!(
-        !log.contains(&payloads::server_key().to_base64()),
+        !log.contains(&config.private_key.to_base64()),
         "a private key was logged"
     );
+    for p in &config.peers {
+        if let Some(k) = &p.preshared_key {
+            assert!(!log.contains(&k.to_base64()), "a preshared key was logged");
+        }
+    }
 }
 
 #[test]
@@ -311,6 +327,14 @@ fn bad_payloads_are_refused_in_bounded_time_and_memory_leaving_the_vm_untouched(
             MdMode::Endless,
             4,
             "body larger than",
+            20,
+        ),
+        (
+            "server error",
+            Some(good.clone()),
+            MdMode::Error,
+            4,
+            "HTTP status 500",
             20,
         ),
         (

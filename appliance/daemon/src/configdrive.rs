@@ -327,6 +327,9 @@ mod tests {
         let long = "A".repeat(5000);
         std::fs::write(tree.join(USER_DATA), &long).unwrap();
         std::fs::write(tree.join(META_DATA), b"{\"meta\":{}}").unwrap();
+        // An already mounted drive, given as a directory.
+        let c = read(&tree, &dir.join("mnt")).unwrap();
+        assert_eq!(c.user_data.as_deref(), Some(long.as_bytes()));
         let iso = dir.join("cd.iso");
         let built = std::process::Command::new("genisoimage")
             .args(["-quiet", "-J", "-r", "-V", "config-2", "-o"])

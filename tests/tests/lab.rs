@@ -1,0 +1,63 @@
+//! The lab itself: topology, reachability and teardown (root only).
+
+use cloudpipe_lab::{Lab, LabOptions, Role};
+
+fn namespaces() -> String {
+    cloudpipe_lab::run(std::process::Command::new("ip").args(["netns", "list"])).unwrap()
+}
+
+#[test]
+fn topology_reachability_and_teardown_even_on_panic() {
+    if cloudpipe_lab::skip_unless_root() {
+        return;
+    }
+    let lab = Lab::new(LabOptions {
+        dhcp: true,
+        metadata: true,
+    })
+    .unwrap();
+    let names: Vec<String> = Role::ALL.iter().map(|r| lab.ns(*r)).collect();
+    for n in &names {
+        assert!(n.starts_with(lab.id()), "{n}");
+        assert!(namespaces().contains(n.as_str()), "{n} missing");
+    }
+    // Tenant VM and appliance reach their gateway; the outside reaches the floating
+    // IP's router; the appliance reaches the metadata server.
+    lab.exec(
+        &lab.tenant_vm(),
+        &["ping", "-c", "1", "-W", "2", "10.77.0.2"],
+    )
+    .unwrap();
+    lab.exec(
+        &lab.outside(),
+        &["ping", "-c", "1", "-W", "2", "203.0.113.10"],
+    )
+    .unwrap();
+    lab.set_meta([("owner", "ops")]).unwrap();
+    let c = lab.cloudpipe();
+    let out = lab.output(&c, &["ss", "-Htn"]).unwrap();
+    assert!(out.status.success());
+    lab.exec(&lab.router(), &["nft", "list", "table", "ip", "lab"])
+        .unwrap();
+    // Left running on purpose: the lab must kill it.
+    #[allow(clippy::zombie_processes)]
+    let pid = lab.spawn(&c, &["sleep", "600"]).unwrap().id();
+
+    // A panicking test still tears down: processes by PID, then namespaces.
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let _lab = lab;
+        panic!("test failure inside a lab");
+    }));
+    assert!(r.is_err());
+    let list = namespaces();
+    for n in &names {
+        assert!(!list.contains(n.as_str()), "{n} left behind");
+    }
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| s.contains(") Z "))
+                .unwrap_or(true),
+        "spawned process {pid} still running"
+    );
+}
