@@ -69,6 +69,17 @@ struct Cleanup {
 
 pub fn main(settings: Settings) -> ExitCode {
     let notifier = Notifier::from_env();
+    // A reload while booting has nothing to re-read yet; it must not kill the daemon
+    // (SIGHUP's default). The serving phase installs the real handler.
+    // SAFETY: setting a signal to SIG_IGN installs no handler code.
+    if let Err(e) = unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGHUP,
+            nix::sys::signal::SigHandler::SigIgn,
+        )
+    } {
+        tracing::warn!(error = %e, "cannot ignore SIGHUP during boot");
+    }
     let setup = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -115,7 +126,9 @@ pub fn main(settings: Settings) -> ExitCode {
             undo(&cleanup).await;
             return ExitCode::from(exit::FAILURE);
         }
-        tracing::info!("privileges dropped: only CAP_NET_ADMIN kept");
+        if !settings.keep_privileges {
+            tracing::info!("privileges dropped: only CAP_NET_ADMIN kept");
+        }
         let code = serve(booted, &settings, &notifier).await;
         notifier.send("STOPPING=1");
         undo(&cleanup).await;
@@ -397,11 +410,13 @@ async fn serve(booted: Booted, settings: &Settings, notifier: &Notifier) -> u8 {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
     let mut poll_failing = false;
+    let mut task_done = false;
     let code = loop {
         let reason = tokio::select! {
             _ = term.recv() => break 0,
             _ = int.recv() => break 0,
             r = &mut task => {
+                task_done = true;
                 match r {
                     Ok(Ok(())) => tracing::error!("tunnel stopped"),
                     Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "tunnel failed"),
@@ -412,10 +427,19 @@ async fn serve(booted: Booted, settings: &Settings, notifier: &Notifier) -> u8 {
             _ = hup.recv() => "SIGHUP",
             _ = ticker.tick(), if polling => "poll",
         };
-        if reason == "SIGHUP" {
-            check_payload(&source, &user_data, &config, settings).await;
-        }
-        let fresh = match read_meta(settings, &source).await {
+        // Reads take up to a request timeout: stay responsive to a stop meanwhile.
+        let read = async {
+            if reason == "SIGHUP" {
+                check_payload(&source, &user_data, &config, settings).await;
+            }
+            read_meta(settings, &source).await
+        };
+        let read = tokio::select! {
+            r = read => r,
+            _ = term.recv() => break 0,
+            _ = int.recv() => break 0,
+        };
+        let fresh = match read {
             Ok(m) => {
                 if poll_failing {
                     tracing::info!("metadata service reachable again");
@@ -473,7 +497,9 @@ async fn serve(booted: Booted, settings: &Settings, notifier: &Notifier) -> u8 {
         tracing::info!("stopping");
     }
     drop(handle);
-    let _ = tokio::time::timeout(TUNNEL_STOP_GRACE, task).await;
+    if !task_done {
+        let _ = tokio::time::timeout(TUNNEL_STOP_GRACE, task).await;
+    }
     code
 }
 
