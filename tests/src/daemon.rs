@@ -43,6 +43,11 @@ impl Lab {
     /// Start `cloudpiped` in the `cloudpipe` namespace with `args` (plus
     /// [`DEFAULT_FLAGS`] not overridden there).
     pub fn start_daemon(&self, args: &[&str]) -> anyhow::Result<Daemon> {
+        self.start_daemon_with(&[], args)
+    }
+
+    /// Like [`Lab::start_daemon`], run through `wrapper` (e.g. `setpriv ...`).
+    pub fn start_daemon_with(&self, wrapper: &[&str], args: &[&str]) -> anyhow::Result<Daemon> {
         let n = N.fetch_add(1, Ordering::SeqCst);
         let bin = bin_path("cloudpiped")?;
         let sock_path = self.dir().join(format!("notify-{n}.sock"));
@@ -51,7 +56,8 @@ impl Lab {
         let log = self.dir().join(format!("cloudpiped-{n}.log"));
         let logf = std::fs::File::create(&log)?;
         let run_dir = self.dir().join(format!("run-{n}"));
-        let mut cmd: Vec<String> = vec![bin.to_string_lossy().into_owned()];
+        let mut cmd: Vec<String> = wrapper.iter().map(|s| s.to_string()).collect();
+        cmd.push(bin.to_string_lossy().into_owned());
         for (flag, value) in DEFAULT_FLAGS {
             if !args
                 .iter()

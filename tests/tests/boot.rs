@@ -527,3 +527,40 @@ fn config_drive_boots_without_a_metadata_server() {
     assert!(d.stop(EXIT_WITHIN).unwrap().status.success());
     assert_cleaned(&lab);
 }
+
+/// The systemd unit's limits (CapabilityBoundingSet=CAP_NET_ADMIN CAP_SYS_ADMIN
+/// CAP_SETPCAP, NoNewPrivileges=yes), applied with setpriv: boot, masquerade and
+/// cleanup all work inside them.
+#[test]
+fn runs_within_the_units_capability_bounding_set() {
+    let lab = lab_or_skip!(LabOptions {
+        dhcp: true,
+        metadata: true
+    });
+    let unit = include_str!("../../configs/cloudpiped.service");
+    let line = unit
+        .lines()
+        .find(|l| l.starts_with("CapabilityBoundingSet="))
+        .expect("the unit bounds capabilities");
+    let caps: Vec<String> = line["CapabilityBoundingSet=".len()..]
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    let bounding = format!("-all,{}", caps.join(","));
+    assert!(unit.contains("NoNewPrivileges=yes"));
+    lab.set_meta([]).unwrap();
+    lab.set_user_data(&payloads::guest(&payloads::config(Mode::Masquerade)))
+        .unwrap();
+    let mut d = lab
+        .start_daemon_with(
+            &["setpriv", "--no-new-privs", "--bounding-set", &bounding],
+            &[],
+        )
+        .unwrap();
+    d.wait_ready(READY_WITHIN).unwrap();
+    assert_booted(&lab, Mode::Masquerade);
+    let exit = d.stop(EXIT_WITHIN).unwrap();
+    assert!(exit.status.success(), "{}", d.log());
+    assert!(!d.log().contains("WARN"), "{}", d.log());
+    assert_cleaned(&lab);
+}
