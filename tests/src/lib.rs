@@ -17,6 +17,7 @@
 
 pub mod daemon;
 pub mod metadata_server;
+pub mod netns;
 pub mod payloads;
 
 use std::net::Ipv4Addr;

@@ -61,3 +61,35 @@ fn topology_reachability_and_teardown_even_on_panic() {
         "spawned process {pid} still running"
     );
 }
+
+#[test]
+fn floating_ip_forwards_udp_1194_to_the_appliance() {
+    if cloudpipe_lab::skip_unless_root() {
+        return;
+    }
+    use std::time::Duration;
+    let lab = Lab::new(LabOptions {
+        dhcp: true,
+        metadata: false,
+    })
+    .unwrap();
+    let server = lab
+        .udp_socket(Role::Cloudpipe, "0.0.0.0:1194".parse().unwrap())
+        .unwrap();
+    let client = lab
+        .udp_socket(Role::Outside, "0.0.0.0:0".parse().unwrap())
+        .unwrap();
+    for s in [&server, &client] {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    }
+    client.send_to(b"hello", "203.0.113.10:1194").unwrap();
+    let mut buf = [0u8; 64];
+    let (n, from) = server.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"hello");
+    // DNAT only: the appliance sees the real client address.
+    assert_eq!(from.ip().to_string(), "203.0.113.2");
+    server.send_to(b"back", from).unwrap();
+    let (n, from) = client.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"back");
+    assert_eq!(from.to_string(), "203.0.113.10:1194");
+}
