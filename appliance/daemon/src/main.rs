@@ -26,7 +26,13 @@ use std::time::Duration;
 
 /// The cloudpipe appliance daemon: boots from the payload and serves WireGuard.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about,
+    after_help = "Exit status: 0 clean stop (SIGTERM/SIGINT), 1 failure, 2 payload rejected, \
+                  3 no payload (404 or empty config drive), 4 metadata service not usable \
+                  within --boot-timeout. SIGHUP re-reads the payload and instance properties."
+)]
 struct Args {
     /// Read the payload from this file (any encoding) instead of the config drive or
     /// the metadata service.
