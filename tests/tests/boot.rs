@@ -199,6 +199,14 @@ fn boots_from_metadata_and_follows_instance_properties() {
         "{p}"
     );
 
+    // SIGUSR1: one status line per peer in the log.
+    d.signal(libc::SIGUSR1);
+    wait_for(Duration::from_secs(10), "peer status lines", || {
+        let log = d.log();
+        Ok(log.contains("peer status peer=alice") && log.contains("peer status peer=carol"))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+
     // SIGHUP re-reads at once.
     lab.set_meta([]).unwrap();
     d.signal(libc::SIGHUP);

@@ -31,7 +31,7 @@ use std::time::Duration;
     about,
     after_help = "Exit status: 0 clean stop (SIGTERM/SIGINT), 1 failure, 2 payload rejected, \
                   3 no payload (404 or empty config drive), 4 metadata service not usable \
-                  within --boot-timeout. SIGHUP re-reads the payload and instance properties."
+                  within --boot-timeout. SIGHUP re-reads the payload and instance properties; SIGUSR1 logs one status line per peer."
 )]
 struct Args {
     /// Read the payload from this file (any encoding) instead of the config drive or

@@ -382,12 +382,13 @@ async fn serve(booted: Booted, settings: &Settings, notifier: &Notifier) -> u8 {
             return exit::FAILURE;
         }
     };
-    let (mut term, mut int, mut hup) = match (
+    let (mut term, mut int, mut hup, mut usr1) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined1()),
     ) {
-        (Ok(a), Ok(b), Ok(c)) => (a, b, c),
+        (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
         _ => {
             tracing::error!("cannot install signal handlers");
             return exit::FAILURE;
@@ -423,6 +424,10 @@ async fn serve(booted: Booted, settings: &Settings, notifier: &Notifier) -> u8 {
                     Err(e) => tracing::error!(error = %e, "tunnel task panicked"),
                 }
                 break exit::FAILURE;
+            }
+            _ = usr1.recv() => {
+                log_status(&handle).await;
+                continue;
             }
             _ = hup.recv() => "SIGHUP",
             _ = ticker.tick(), if polling => "poll",
@@ -501,6 +506,20 @@ async fn serve(booted: Booted, settings: &Settings, notifier: &Notifier) -> u8 {
         let _ = tokio::time::timeout(TUNNEL_STOP_GRACE, task).await;
     }
     code
+}
+
+/// SIGUSR1: one journal line per peer (no addresses or endpoints above DEBUG).
+async fn log_status(handle: &tunnel::TunnelHandle) {
+    match handle.status().await {
+        Ok(list) => {
+            for p in list {
+                let age = p.since_last_handshake.map(|d| d.as_secs());
+                tracing::info!(peer = %p.name, handshake_age_s = ?age, rx_bytes = p.rx_bytes, tx_bytes = p.tx_bytes, "peer status");
+                tracing::debug!(peer = %p.name, address = %p.address, endpoint = ?p.endpoint, "peer addresses");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the tunnel's status"),
+    }
 }
 
 fn diff(old: &[Peer], new: &[Peer]) -> (usize, usize) {
