@@ -19,6 +19,7 @@ pub mod daemon;
 pub mod metadata_server;
 pub mod netns;
 pub mod payloads;
+pub mod wg_client;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
