@@ -16,7 +16,9 @@
 //! cloudpipe-lab` first (scripts/test does).
 
 pub mod daemon;
+pub mod demo;
 pub mod metadata_server;
+pub mod mission;
 pub mod netns;
 pub mod payloads;
 pub mod wg_client;

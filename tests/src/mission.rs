@@ -1,0 +1,202 @@
+//! The mission, end to end, as reusable steps: a network made with the real
+//! `cloudpipe` CLI, its payload served by the lab's metadata server, `cloudpiped`
+//! booted in the appliance namespace, stock WireGuard clients outside. The tunnel
+//! tests and `cloudpipe-lab demo` are both built from these steps.
+
+use crate::wg_client::WgClient;
+use crate::{bin_path, run, wait_for, Daemon, Lab, LabOptions};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// The floating IP and port clients are given as their endpoint.
+pub const ENDPOINT: &str = "203.0.113.10:1194";
+/// The network's name in the CLI's state.
+pub const NETWORK: &str = "lab";
+
+pub const READY_WITHIN: Duration = Duration::from_secs(20);
+/// Long enough for a handshake on a loaded 2-core machine.
+pub const CONNECT_WITHIN: Duration = Duration::from_secs(20);
+
+pub fn cloudpipe(state: &Path, args: &[&str]) -> String {
+    let bin = bin_path("cloudpipe").expect("cloudpipe binary (cargo build --workspace --bins)");
+    run(Command::new(bin).arg("--state-dir").arg(state).args(args))
+        .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// One network's cloudpipe in its own lab.
+pub struct Mission {
+    pub lab: Lab,
+    pub state: PathBuf,
+    pub daemon: Option<Daemon>,
+}
+
+impl Mission {
+    /// `None` when the lab is skipped (not root and CLOUDPIPE_SKIP_LAB=1).
+    pub fn new(create_args: &[&str]) -> Option<Mission> {
+        if crate::skip_unless_root() {
+            return None;
+        }
+        let lab = Lab::new(LabOptions {
+            dhcp: true,
+            metadata: true,
+        })
+        .expect("building the lab");
+        let state = lab.dir().join("state");
+        let mut args = vec![
+            "network",
+            "create",
+            NETWORK,
+            "--cidr",
+            crate::SUBNET,
+            "--clients",
+            "5",
+            "--endpoint",
+            ENDPOINT,
+        ];
+        args.extend_from_slice(create_args);
+        cloudpipe(&state, &args);
+        Some(Mission {
+            lab,
+            state,
+            daemon: None,
+        })
+    }
+
+    pub fn cli(&self, args: &[&str]) -> String {
+        cloudpipe(&self.state, args)
+    }
+
+    pub fn add_client(&self, name: &str) -> String {
+        self.cli(&["client", "add", NETWORK, name])
+    }
+
+    /// Serve the payload and boot the appliance.
+    pub fn boot(&mut self) {
+        let payload = self.cli(&["payload", NETWORK, "--encoding", "guest"]);
+        self.lab.set_user_data(payload.as_bytes()).unwrap();
+        self.publish();
+        self.start_daemon();
+    }
+
+    pub fn start_daemon(&mut self) {
+        let mut d = self.lab.start_daemon(&[]).expect("starting cloudpiped");
+        d.wait_ready(READY_WITHIN).expect("cloudpiped ready");
+        self.daemon = Some(d);
+    }
+
+    /// Publish the current clients as instance properties (what the operator does
+    /// with the `openstack server set --property` commands).
+    pub fn publish(&self) {
+        let json = self.cli(&["publish", NETWORK, "--json"]);
+        let map: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&json).unwrap_or_else(|e| panic!("publish --json: {e}: {json}"));
+        let pairs: Vec<(String, String)> = map
+            .into_iter()
+            .map(|(k, v)| (k, v.as_str().unwrap_or_default().to_string()))
+            .collect();
+        self.lab
+            .set_meta(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .unwrap();
+    }
+
+    /// A client named `name` in namespace `ns`, connected (one ping to the tenant VM
+    /// went through).
+    pub fn connect(&self, ns: &str, name: &str, conf: &str) -> WgClient {
+        let iface = format!("{}{}", self.lab.id(), &name[..1]);
+        let c = WgClient::up(ns, &iface, conf, &self.lab.dir().join("clients"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        wait_for(
+            CONNECT_WITHIN,
+            &format!("{name} reaches the tenant VM"),
+            || Ok(ping(&self.lab, ns, "10.77.0.10", None)),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", c.show(), self.log()));
+        c
+    }
+
+    pub fn log(&self) -> String {
+        self.daemon.as_ref().map(|d| d.log()).unwrap_or_default()
+    }
+}
+
+/// One ping (1 s timeout), optionally from a given source address.
+pub fn ping(lab: &Lab, ns: &str, dst: &str, from: Option<&str>) -> bool {
+    let mut cmd = vec!["ping", "-n", "-c", "1", "-W", "1"];
+    if let Some(src) = from {
+        cmd.extend(["-I", src]);
+    }
+    cmd.push(dst);
+    lab.output(ns, &cmd)
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// `count` pings, all answered.
+pub fn ping_all(lab: &Lab, ns: &str, dst: &str, count: u32) -> bool {
+    let n = count.to_string();
+    lab.output(
+        ns,
+        &["ping", "-n", "-q", "-c", &n, "-i", "0.2", "-W", "2", dst],
+    )
+    .map(|o| o.status.success())
+    .unwrap_or(false)
+}
+
+/// An iperf3 server for one test in the tenant VM.
+pub fn iperf_server(lab: &Lab, port: u16) {
+    let p = port.to_string();
+    lab.spawn_with(
+        &lab.tenant_vm(),
+        &["iperf3", "-s", "-1", "-B", "10.77.0.10", "-p", &p],
+        |c| {
+            c.stdout(std::process::Stdio::null());
+        },
+    )
+    .unwrap();
+    wait_for(Duration::from_secs(10), "iperf3 server listening", || {
+        Ok(lab
+            .exec(
+                &lab.tenant_vm(),
+                &["ss", "-Htln", &format!("sport = :{port}")],
+            )?
+            .contains(&p))
+    })
+    .unwrap();
+}
+
+/// The iperf3 client's JSON report, after checking that it succeeded.
+pub fn iperf_report(out: std::process::Output) -> serde_json::Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "iperf3 failed: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&text).expect("iperf3 -J output")
+}
+
+/// Counter of packets from `src` arriving at the tenant VM.
+pub fn count_from(lab: &Lab, src: &str) -> u64 {
+    let out = lab
+        .exec(&lab.tenant_vm(), &["nft", "list", "table", "ip", "spy"])
+        .unwrap_or_default();
+    out.lines()
+        .find(|l| l.contains(&format!("ip saddr {src} ")))
+        .and_then(|l| l.split("packets ").nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+pub fn spy_on(lab: &Lab, sources: &[&str]) {
+    let rules: String = sources
+        .iter()
+        .map(|s| format!("\t\tip saddr {s} counter\n"))
+        .collect();
+    lab.nft(
+        &lab.tenant_vm(),
+        &format!("table ip spy {{\n\tchain input {{\n\t\ttype filter hook input priority 0; policy accept;\n{rules}\t}}\n}}\n"),
+    )
+    .unwrap();
+}

@@ -1,0 +1,282 @@
+//! The tunnel in the lab, with stock clients: an external user runs wireguard-go
+//! with the config `cloudpipe client add` printed, through the floating IP, and is a
+//! neighbour on the tenant network (root only; see tests/README.md).
+//!
+//! Every network is made with the real CLI, booted from the payload the CLI built,
+//! served by the lab's metadata server; clients change through the instance
+//! properties `cloudpipe publish --json` prints.
+
+use cloudpipe_lab::mission::{
+    count_from, iperf_report, iperf_server, ping, ping_all, spy_on, Mission,
+};
+use cloudpipe_lab::wait_for;
+use std::time::{Duration, Instant};
+
+/// A restarted appliance: the client notices the lost session after WireGuard's
+/// keepalive + rekey timeouts (10 s + 5 s) and handshakes again.
+const RECONNECT_WITHIN: Duration = Duration::from_secs(45);
+/// Poll interval the lab daemon runs with (1 s) plus a generous margin.
+const REVOKED_WITHIN: Duration = Duration::from_secs(10);
+
+#[test]
+fn stock_client_reaches_tenant_vm_both_ways_and_moves_200_mb() {
+    let Some(mut m) = Mission::new(&[]) else {
+        return;
+    };
+    let conf = m.add_client("alice");
+    assert!(conf.contains("Endpoint = 203.0.113.10:1194"), "{conf}");
+    m.boot();
+    let outside = m.lab.outside();
+    let alice = m.connect(&outside, "alice", &conf);
+    let addr = "10.77.0.250";
+    assert!(conf.contains(&format!("Address = {addr}/32")), "{conf}");
+
+    // Both ways: the tenant VM reaches the client at its pool address, unchanged.
+    assert!(ping_all(&m.lab, &outside, "10.77.0.10", 5));
+    assert!(ping_all(&m.lab, &m.lab.tenant_vm(), addr, 5), "{}", m.log());
+    // The tenant VM learned the client as a neighbour on its own subnet.
+    let neigh = m
+        .lab
+        .ip(&m.lab.tenant_vm(), "neigh show 10.77.0.250")
+        .unwrap();
+    assert!(neigh.contains("lladdr"), "{neigh}");
+
+    iperf_server(&m.lab, 5201);
+    let out = m
+        .lab
+        .output(
+            &outside,
+            &[
+                "iperf3",
+                "-c",
+                "10.77.0.10",
+                "-p",
+                "5201",
+                "-n",
+                "200M",
+                "-J",
+            ],
+        )
+        .unwrap();
+    let report = iperf_report(out);
+    let received = report["end"]["sum_received"]["bytes"].as_u64().unwrap();
+    assert!(received >= 200 * 1024 * 1024, "received {received} bytes");
+    let (rx, tx) = alice.transfer();
+    assert!(
+        tx > 200 * 1024 * 1024 && rx > 0,
+        "wg transfer rx={rx} tx={tx}"
+    );
+}
+
+#[test]
+fn two_clients_and_client_to_client_policy() {
+    for c2c in [false, true] {
+        let extra: &[&str] = if c2c { &["--client-to-client"] } else { &[] };
+        let Some(mut m) = Mission::new(extra) else {
+            return;
+        };
+        let (a, b) = (m.add_client("alice"), m.add_client("bob"));
+        m.boot();
+        let outside = m.lab.outside();
+        let other = m.lab.add_external_host("home", "ext1", 100).unwrap();
+        let _alice = m.connect(&outside, "alice", &a);
+        let _bob = m.connect(&other, "bob", &b);
+        assert!(ping_all(&m.lab, &other, "10.77.0.10", 3));
+        assert!(ping_all(&m.lab, &m.lab.tenant_vm(), "10.77.0.251", 3));
+        let reached = ping_all(&m.lab, &outside, "10.77.0.251", 3);
+        assert_eq!(
+            reached,
+            c2c,
+            "client-to-client {c2c}: alice reached bob = {reached}\n{}",
+            m.log()
+        );
+    }
+}
+
+#[test]
+fn spoofed_source_reaches_nothing() {
+    let Some(mut m) = Mission::new(&["--client-to-client"]) else {
+        return;
+    };
+    let (a, b) = (m.add_client("alice"), m.add_client("bob"));
+    m.boot();
+    let outside = m.lab.outside();
+    let other = m.lab.add_external_host("home", "ext1", 100).unwrap();
+    let alice = m.connect(&outside, "alice", &a);
+    let _bob = m.connect(&other, "bob", &b);
+    spy_on(&m.lab, &["10.77.0.250", "10.77.0.251", "10.77.0.99"]);
+    // Alice claims bob's address and one outside the pool, through her own tunnel.
+    for fake in ["10.77.0.251", "10.77.0.99"] {
+        m.lab
+            .ip(
+                &outside,
+                &format!("addr add {fake}/32 dev {}", alice.iface()),
+            )
+            .unwrap();
+        assert!(!ping(&m.lab, &outside, "10.77.0.10", Some(fake)));
+        assert!(
+            !ping(&m.lab, &outside, "10.77.0.251", Some(fake)),
+            "reached bob as {fake}"
+        );
+    }
+    assert!(
+        ping(&m.lab, &outside, "10.77.0.10", Some("10.77.0.250")),
+        "own address still works"
+    );
+    assert_eq!(count_from(&m.lab, "10.77.0.99"), 0);
+    assert_eq!(
+        count_from(&m.lab, "10.77.0.251"),
+        0,
+        "bob never pinged; alice posing as bob did"
+    );
+    assert!(count_from(&m.lab, "10.77.0.250") >= 1);
+}
+
+#[test]
+fn revocation_through_metadata_leaves_other_sessions_alone() {
+    let Some(mut m) = Mission::new(&[]) else {
+        return;
+    };
+    let (a, b) = (m.add_client("alice"), m.add_client("bob"));
+    m.boot();
+    let outside = m.lab.outside();
+    let other = m.lab.add_external_host("home", "ext1", 100).unwrap();
+    let _alice = m.connect(&outside, "alice", &a);
+    let _bob = m.connect(&other, "bob", &b);
+    let proxies = m.lab.ip(&m.lab.cloudpipe(), "neigh show proxy").unwrap();
+    assert!(proxies.contains("10.77.0.250"), "{proxies}");
+
+    // Bob transfers for 8 s while alice is revoked.
+    iperf_server(&m.lab, 5202);
+    let bob_transfer = m
+        .lab
+        .spawn_with(
+            &other,
+            &[
+                "iperf3",
+                "-c",
+                "10.77.0.10",
+                "-p",
+                "5202",
+                "-t",
+                "8",
+                "-i",
+                "1",
+                "-J",
+            ],
+            |c| {
+                c.stdout(std::process::Stdio::piped());
+            },
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    m.cli(&["client", "revoke", "lab", "alice"]);
+    let revoked_at = Instant::now();
+    m.publish();
+    wait_for(REVOKED_WITHIN, "alice cut off", || {
+        Ok(!ping(&m.lab, &outside, "10.77.0.10", None))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", m.log()));
+    eprintln!("alice cut off {:?} after publishing", revoked_at.elapsed());
+    let proxies = m.lab.ip(&m.lab.cloudpipe(), "neigh show proxy").unwrap();
+    assert!(
+        !proxies.contains("10.77.0.250"),
+        "revoked client's proxy entry stays: {proxies}"
+    );
+
+    let report = iperf_report(bob_transfer.wait_with_output().unwrap());
+    let intervals = report["intervals"].as_array().unwrap();
+    assert!(intervals.len() >= 7, "{} intervals", intervals.len());
+    for (i, iv) in intervals.iter().enumerate() {
+        let bps = iv["sum"]["bits_per_second"].as_f64().unwrap();
+        assert!(bps > 0.0, "bob's transfer stalled in second {i}");
+    }
+    assert!(
+        ping_all(&m.lab, &other, "10.77.0.10", 3),
+        "bob still connected"
+    );
+    assert!(
+        !ping(&m.lab, &outside, "10.77.0.10", None),
+        "alice stays out"
+    );
+}
+
+#[test]
+fn clients_reconnect_by_themselves_after_a_restart() {
+    let Some(mut m) = Mission::new(&[]) else {
+        return;
+    };
+    let a = m.add_client("alice");
+    m.boot();
+    let outside = m.lab.outside();
+    let _alice = m.connect(&outside, "alice", &a);
+    let exit = m
+        .daemon
+        .as_mut()
+        .unwrap()
+        .stop(Duration::from_secs(20))
+        .unwrap();
+    assert!(exit.status.success(), "{:?}", exit.status);
+    assert!(!ping(&m.lab, &outside, "10.77.0.10", None));
+    m.start_daemon();
+    let t = Instant::now();
+    wait_for(RECONNECT_WITHIN, "alice back after the restart", || {
+        Ok(ping(&m.lab, &outside, "10.77.0.10", None))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", m.log()));
+    eprintln!("reconnected {:?} after the restart", t.elapsed());
+}
+
+#[test]
+fn roaming_client_keeps_its_transfer() {
+    let Some(mut m) = Mission::new(&[]) else {
+        return;
+    };
+    let a = m.add_client("alice");
+    m.boot();
+    let outside = m.lab.outside();
+    let alice = m.connect(&outside, "alice", &a);
+    iperf_server(&m.lab, 5203);
+    let transfer = m
+        .lab
+        .spawn_with(
+            &outside,
+            &["iperf3", "-c", "10.77.0.10", "-p", "5203", "-t", "6", "-J"],
+            |c| {
+                c.stdout(std::process::Stdio::piped());
+            },
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    // NAT rebinding, as the server sees it: the client's source port changes.
+    alice.set_listen_port(51999).unwrap();
+    let report = iperf_report(transfer.wait_with_output().unwrap());
+    assert!(report["end"]["sum_received"]["bytes"].as_u64().unwrap() > 0);
+    let d = m.daemon.as_ref().unwrap();
+    d.signal(libc_sigusr1());
+    wait_for(
+        Duration::from_secs(5),
+        "status shows the new endpoint",
+        || Ok(d.log().contains("203.0.113.2:51999")),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", d.log()));
+}
+
+#[test]
+fn masquerade_mode_reaches_the_tenant_as_the_appliance() {
+    let Some(mut m) = Mission::new(&["--mode", "masquerade"]) else {
+        return;
+    };
+    let a = m.add_client("alice");
+    m.boot();
+    spy_on(&m.lab, &["10.77.0.2", "10.77.0.250"]);
+    let outside = m.lab.outside();
+    let _alice = m.connect(&outside, "alice", &a);
+    assert!(ping_all(&m.lab, &outside, "10.77.0.10", 3));
+    assert!(count_from(&m.lab, "10.77.0.2") >= 3);
+    assert_eq!(count_from(&m.lab, "10.77.0.250"), 0);
+}
+
+fn libc_sigusr1() -> i32 {
+    nix::sys::signal::Signal::SIGUSR1 as i32
+}
