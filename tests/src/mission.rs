@@ -144,6 +144,7 @@ pub fn ping_all(lab: &Lab, ns: &str, dst: &str, count: u32) -> bool {
 }
 
 /// An iperf3 server for one test in the tenant VM.
+#[allow(clippy::zombie_processes)] // the lab tracks the PID, kills and reaps it
 pub fn iperf_server(lab: &Lab, port: u16) {
     let p = port.to_string();
     lab.spawn_with(
