@@ -22,6 +22,9 @@ use tracing::{debug, info, warn};
 pub const BATCH: usize = 32;
 /// boringtun wants its timers run every 100-250 ms.
 const TIMER_TICK: Duration = Duration::from_millis(100);
+/// Socket buffers for the UDP socket: a burst from the TUN side must not overflow
+/// the kernel's default (~200 KiB) while the loop is busy; wireguard-go uses 7 MiB.
+const SOCKET_BUFFER: usize = 4 << 20;
 /// Rate limiter and ICMP budget period.
 const RATE_LIMIT_PERIOD: Duration = Duration::from_secs(1);
 
@@ -69,10 +72,23 @@ pub fn spawn(
     udp: UdpSocket,
 ) -> (TunnelHandle, JoinHandle<anyhow::Result<()>>) {
     let (tx, rx) = mpsc::channel(16);
+    grow_socket_buffers(&udp);
     let device = Device::new(config, &peers, random_u32());
     info!(peers = peers.len(), "tunnel up");
     let task = tokio::spawn(run(device, Arc::new(tun), udp, rx));
     (TunnelHandle { tx }, task)
+}
+
+/// Raise the UDP socket's buffers past `net.core.{r,w}mem_max` (CAP_NET_ADMIN, which
+/// the daemon keeps), or as far as the limit allows without it.
+fn grow_socket_buffers(udp: &UdpSocket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if setsockopt(udp, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err() {
+        let _ = setsockopt(udp, sockopt::RcvBuf, &SOCKET_BUFFER);
+    }
+    if setsockopt(udp, sockopt::SndBufForce, &SOCKET_BUFFER).is_err() {
+        let _ = setsockopt(udp, sockopt::SndBuf, &SOCKET_BUFFER);
+    }
 }
 
 fn random_u32() -> u32 {
