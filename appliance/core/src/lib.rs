@@ -2,7 +2,8 @@
 //!
 //! Everything here is pure logic over bytes and values: the boot payload format
 //! ([`payload`], [`config`]), WireGuard keys ([`keys`]), the client address pool
-//! ([`pool`]) and the metadata overlay that adds and revokes clients on a running
+//! ([`pool`]), client configs for stock WireGuard clients ([`client_config`]) and the
+//! metadata overlay that adds and revokes clients on a running
 //! appliance ([`overlay`]); and the WireGuard data path's logic: checked IP packet
 //! views ([`packet`]), the peer table ([`peer_table`]), cryptokey routing decisions
 //! ([`routing`]) and the device that runs every peer's boringtun session
@@ -14,6 +15,7 @@
 //! (`cloudpiped`) and the CLI (`cloudpipe`) share one definition of every format.
 #![forbid(unsafe_code)]
 
+pub mod client_config;
 pub mod config;
 pub mod device;
 pub mod keys;

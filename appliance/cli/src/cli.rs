@@ -1,0 +1,199 @@
+//! Command-line definitions.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cloudpipe",
+    version,
+    about = "Create and run WireGuard cloudpipes for tenant networks",
+    long_about = "Create a tenant network's cloudpipe (the VPN appliance VM), manage its clients \
+                  (standard WireGuard configs, QR codes), build the boot payload for \
+                  `openstack server create --user-data`, and print the Neutron commands that \
+                  launch it. State lives in a state directory, one folder per network."
+)]
+pub struct Cli {
+    /// State directory (one folder per network; secrets inside are mode 0600).
+    #[arg(long, global = true, env = "CLOUDPIPE_STATE_DIR", default_value = crate::state::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Networks: create, import from Nova, list, show, delete.
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// Clients: add (prints a wg-quick config), list, show, revoke.
+    #[command(subcommand)]
+    Client(ClientCmd),
+    /// Print the boot payload (user-data), or inspect one.
+    Payload(PayloadArgs),
+    /// Print the instance-property commands that publish client changes to a running
+    /// appliance; --done records that they were run.
+    Publish(PublishArgs),
+    /// Print the OpenStack (Neutron) commands that launch the network's cloudpipe.
+    Openstack(OpenstackArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct NetworkOptions {
+    /// Tenant subnet, e.g. 10.0.0.0/24.
+    #[arg(long)]
+    pub cidr: String,
+    /// Subnet gateway [default: first host, .1].
+    #[arg(long)]
+    pub gateway: Option<std::net::Ipv4Addr>,
+    /// The appliance's address [default: second host, .2].
+    #[arg(long)]
+    pub address: Option<std::net::Ipv4Addr>,
+    /// Size of the client pool: the top N addresses below broadcast (Nova's rule).
+    #[arg(long, default_value_t = 5)]
+    pub clients: u32,
+    /// A route pushed to clients (Nova's dmz_net/dmz_mask); repeat for more.
+    #[arg(long = "route")]
+    pub routes: Vec<String>,
+    /// A DNS server for clients; repeat for more.
+    #[arg(long = "dns")]
+    pub dns: Vec<std::net::Ipv4Addr>,
+    /// Where clients connect: the floating IP or name, HOST[:PORT] (port default: --port).
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// proxy-arp: clients appear in the tenant subnet (needs allowed-address-pairs);
+    /// masquerade: clients leave with the appliance's address.
+    #[arg(long, default_value = "proxy-arp")]
+    pub mode: cloudpipe_core::config::Mode,
+    /// Let clients reach each other (Nova's client-to-client).
+    #[arg(long)]
+    pub client_to_client: bool,
+    /// Tunnel MTU.
+    #[arg(long, default_value_t = cloudpipe_core::config::DEFAULT_TUNNEL_MTU)]
+    pub mtu: u16,
+    /// UDP listen port.
+    #[arg(long, default_value_t = cloudpipe_core::config::DEFAULT_LISTEN_PORT)]
+    pub port: u16,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NetworkCmd {
+    /// Create a network's cloudpipe: server key, client pool, routes.
+    Create {
+        name: String,
+        #[command(flatten)]
+        opts: NetworkOptions,
+    },
+    /// Create a network equivalent to a Nova cloudpipe payload (any encoding): its
+    /// client count becomes the pool size, its DMZ route a pushed route.
+    ImportNova {
+        name: String,
+        /// Tenant subnet (Nova's payload does not carry it).
+        #[arg(long)]
+        cidr: String,
+        /// Where clients connect, HOST[:PORT].
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// The Nova payload file.
+        file: PathBuf,
+    },
+    /// List networks.
+    List,
+    /// Show a network's tunnel details (never private keys).
+    Show { name: String },
+    /// Set where clients connect (HOST[:PORT]).
+    SetEndpoint { name: String, endpoint: String },
+    /// Delete a network and every key it holds.
+    Delete {
+        name: String,
+        /// Really delete.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClientCmd {
+    /// Add a client: next free pool address, new keys; prints its wg-quick config on
+    /// standard output. The client's keys are kept (mode 0600) so `client show
+    /// --config` can print the config again.
+    Add {
+        network: String,
+        name: String,
+        /// Write the config to FILE (mode 0600) instead of standard output.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Print the config as a QR code in the terminal (for the mobile apps).
+        #[arg(long)]
+        qr: bool,
+        /// Write the config as a QR code PNG.
+        #[arg(long)]
+        qr_png: Option<PathBuf>,
+    },
+    /// List a network's clients.
+    List { network: String },
+    /// Show a client; --config prints its wg-quick config again.
+    Show {
+        network: String,
+        name: String,
+        #[arg(long)]
+        config: bool,
+    },
+    /// Revoke a client. Its address returns to the pool once the revocation is
+    /// published (`cloudpipe publish NETWORK --done`).
+    Revoke { network: String, name: String },
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct PayloadArgs {
+    #[command(subcommand)]
+    pub inspect: Option<PayloadCmd>,
+    /// The network whose payload to print.
+    pub network: Option<String>,
+    /// nova: what Nova's API takes (base64 twice); guest: what `openstack server
+    /// create --user-data FILE` takes and the guest reads (base64, 76 columns);
+    /// zip: the raw zip (config drive; needs --output).
+    #[arg(long, default_value = "guest")]
+    pub encoding: cloudpipe_core::payload::Encoding,
+    /// Write to FILE instead of standard output.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PayloadCmd {
+    /// Decode a payload in any encoding and print it with secrets redacted.
+    Inspect {
+        /// The payload file, or - for standard input.
+        file: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct PublishArgs {
+    pub network: String,
+    /// Record that the printed commands were run: revoked clients' addresses return
+    /// to the pool.
+    #[arg(long)]
+    pub done: bool,
+    /// Print the cloudpipe properties the instance should have, as a JSON object.
+    #[arg(long, conflicts_with = "done")]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct OpenstackArgs {
+    pub network: String,
+    /// Image with cloudpiped baked in.
+    #[arg(long, default_value = "cloudpipe")]
+    pub image: String,
+    #[arg(long, default_value = "m1.small")]
+    pub flavor: String,
+    /// Neutron network (name or ID) [default: the cloudpipe network's name].
+    #[arg(long)]
+    pub network_id: Option<String>,
+    /// External network for the floating IP.
+    #[arg(long, default_value = "public")]
+    pub external_network: String,
+}

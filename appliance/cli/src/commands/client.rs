@@ -1,0 +1,159 @@
+//! `cloudpipe client ...`: add, list, show, revoke.
+
+use super::network::status_text;
+use super::{open, publish};
+use crate::cli::ClientCmd;
+use crate::model::{ClientFile, Network, Status};
+use crate::qr;
+use crate::state::{self, StateDir};
+use anyhow::{bail, Context, Result};
+use cloudpipe_core::client_config::ClientConfig;
+use cloudpipe_core::config::check_name;
+use cloudpipe_core::keys::{PresharedKey, PrivateKey};
+
+pub fn run(state: &StateDir, cmd: ClientCmd) -> Result<()> {
+    match cmd {
+        ClientCmd::Add {
+            network,
+            name,
+            output,
+            qr: want_qr,
+            qr_png,
+        } => {
+            let mut net = open(state, &network)?;
+            check_name(&name).map_err(|r| anyhow::anyhow!("client name {name:?}: {r}"))?;
+            if net.clients.iter().any(|c| c.name == name) {
+                bail!("client {name:?} already exists in network {network:?}");
+            }
+            let endpoint = endpoint(&net)?;
+            let config = net.config()?;
+            let address = config.pool.next_free(&net.used_addresses()).with_context(|| {
+                format!(
+                    "the pool {}-{} of network {network:?} is full ({} addresses); revoke a client and publish, or create the network with more --clients",
+                    config.pool.first(),
+                    config.pool.last(),
+                    config.pool.len()
+                )
+            })?;
+            let key = PrivateKey::generate(&mut rand_core::OsRng);
+            let psk = PresharedKey::generate(&mut rand_core::OsRng);
+            let client = ClientFile {
+                name: name.clone(),
+                address,
+                public_key: key.public_key().to_base64(),
+                private_key: key.to_base64(),
+                preshared_key: psk.to_base64(),
+                status: Status::Active,
+            };
+            // Check the network with this client before keeping it.
+            let mut peers = net.active_peers()?;
+            peers.push(client.peer()?);
+            net.config_with(&peers)?;
+            net.save_client(&client)?;
+            let text =
+                ClientConfig::for_network(&config, address, key, Some(psk), endpoint).render();
+            net.clients.push(client);
+            emit(&text, output.as_deref(), want_qr, qr_png.as_deref())?;
+            eprintln!("added client {name} with address {address}");
+            publish::hint(&net)
+        }
+        ClientCmd::List { network } => {
+            let net = open(state, &network)?;
+            for c in &net.clients {
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    c.name,
+                    c.address,
+                    c.public_key,
+                    status_text(c.status)
+                );
+            }
+            Ok(())
+        }
+        ClientCmd::Show {
+            network,
+            name,
+            config,
+        } => {
+            let net = open(state, &network)?;
+            let c = net.client(&name)?;
+            if config {
+                if c.status != Status::Active {
+                    bail!("client {name:?} is revoked");
+                }
+                let text = ClientConfig::for_network(
+                    &net.config()?,
+                    c.address,
+                    c.private_key()?,
+                    Some(c.preshared_key()?),
+                    endpoint(&net)?,
+                )
+                .render();
+                print!("{text}");
+            } else {
+                println!("name:       {}", c.name);
+                println!("address:    {}", c.address);
+                println!("public key: {}", c.public_key);
+                println!("status:     {}", status_text(c.status));
+            }
+            Ok(())
+        }
+        ClientCmd::Revoke { network, name } => {
+            let mut net = open(state, &network)?;
+            let mut c = net.client(&name)?.clone();
+            if c.status != Status::Active {
+                bail!("client {name:?} is already revoked");
+            }
+            // Only an appliance booted with this client knows it: until the revocation
+            // reaches it, the address stays taken.
+            let known = net.in_baseline(&c.public_key)?
+                || net
+                    .published_properties()?
+                    .values()
+                    .any(|v| v.contains(&c.public_key));
+            c.status = Status::Revoked { released: !known };
+            net.save_client(&c)?;
+            if let Some(slot) = net.clients.iter_mut().find(|x| x.name == name) {
+                *slot = c;
+            }
+            eprintln!("revoked client {name}");
+            publish::hint(&net)
+        }
+    }
+}
+
+fn endpoint(net: &Network) -> Result<String> {
+    net.file.endpoint.clone().with_context(|| {
+        format!(
+            "network {:?} has no endpoint for clients to connect to: set it with `cloudpipe network set-endpoint {} HOST[:PORT]` (the floating IP)",
+            net.name(),
+            net.name()
+        )
+    })
+}
+
+/// Print or write a client config (and its QR codes).
+fn emit(
+    text: &str,
+    output: Option<&std::path::Path>,
+    want_qr: bool,
+    qr_png: Option<&std::path::Path>,
+) -> Result<()> {
+    if let Some(path) = qr_png {
+        qr::png(text, path)?;
+        eprintln!("wrote QR code to {}", path.display());
+    }
+    match output {
+        Some(path) => {
+            state::write_atomic(path, text.as_bytes(), 0o600)?;
+            eprintln!("wrote config to {} (mode 0600)", path.display());
+        }
+        // With --qr the code replaces the text on standard output.
+        None if !want_qr => print!("{text}"),
+        None => {}
+    }
+    if want_qr {
+        print!("{}", qr::terminal(text)?);
+    }
+    Ok(())
+}

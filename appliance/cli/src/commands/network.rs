@@ -1,0 +1,274 @@
+//! `cloudpipe network ...`: create (or import from Nova), list, show, set-endpoint,
+//! delete.
+
+use super::open;
+use crate::cli::{NetworkCmd, NetworkOptions};
+use crate::model::{build_config, server_key_path, Network, NetworkFile, Status};
+use crate::state::{self, StateDir};
+use anyhow::{bail, Context, Result};
+use cloudpipe_core::config::{check_name, parse_cidr, Mode};
+use cloudpipe_core::keys::PrivateKey;
+use cloudpipe_core::payload::{self, Payload};
+use cloudpipe_core::pool::Pool;
+use std::net::Ipv4Addr;
+
+pub fn run(state: &StateDir, cmd: NetworkCmd) -> Result<()> {
+    match cmd {
+        NetworkCmd::Create { name, opts } => create(state, &name, &opts),
+        NetworkCmd::ImportNova {
+            name,
+            cidr,
+            endpoint,
+            file,
+        } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let nova = match payload::decode(&bytes) {
+                Ok(Payload::Nova(n)) => n,
+                Ok(Payload::Cloudpipe(_)) => bail!(
+                    "{} is already a cloudpipe v1 payload, not a Nova one",
+                    file.display()
+                ),
+                Err(e) => bail!("{}: {e}", file.display()),
+            };
+            let clients = nova.clients.context(
+                "the Nova payload's autorun.sh does not say how many VPN clients it had",
+            )?;
+            let opts = NetworkOptions {
+                cidr,
+                gateway: None,
+                address: None,
+                clients,
+                routes: nova.routes.iter().map(|r| r.to_string()).collect(),
+                dns: vec![],
+                endpoint,
+                mode: Mode::ProxyArp,
+                // Nova's bootscript always enabled it.
+                client_to_client: true,
+                mtu: cloudpipe_core::config::DEFAULT_TUNNEL_MTU,
+                port: cloudpipe_core::config::DEFAULT_LISTEN_PORT,
+            };
+            create(state, &name, &opts)?;
+            eprintln!(
+                "imported from Nova's payload: {clients} clients, routes {:?}, client-to-client on",
+                opts.routes
+            );
+            Ok(())
+        }
+        NetworkCmd::List => {
+            let _lock = state.lock()?;
+            for name in state.networks()? {
+                let net = Network::open(state.network_dir(&name))?;
+                let active = net
+                    .clients
+                    .iter()
+                    .filter(|c| c.status == Status::Active)
+                    .count();
+                println!(
+                    "{name}\t{}\t{}\t{active}/{} clients\t{}",
+                    net.file.cidr,
+                    net.file.address,
+                    net.config()?.pool.len(),
+                    net.file.endpoint.as_deref().unwrap_or("(no endpoint)")
+                );
+            }
+            Ok(())
+        }
+        NetworkCmd::Show { name } => show(&open(state, &name)?),
+        NetworkCmd::SetEndpoint { name, endpoint } => {
+            let mut net = open(state, &name)?;
+            net.file.endpoint = Some(normalize_endpoint(&endpoint, net.file.listen_port)?);
+            state::write_json(&net.dir.join("network.json"), &net.file, 0o600)
+        }
+        NetworkCmd::Delete { name, yes } => {
+            check_name(&name).map_err(|r| anyhow::anyhow!("network name {name:?}: {r}"))?;
+            let _lock = state.lock()?;
+            let net = Network::open(state.network_dir(&name))?;
+            if !yes {
+                bail!("this deletes network {name:?} and all its keys; run again with --yes");
+            }
+            let dir = net.dir.clone();
+            drop(net);
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))
+        }
+    }
+}
+
+/// `HOST[:PORT]` with the port made explicit.
+pub fn normalize_endpoint(endpoint: &str, default_port: u16) -> Result<String> {
+    let e = endpoint.trim();
+    if e.is_empty() || e.contains(char::is_whitespace) {
+        bail!("endpoint {endpoint:?}: expected HOST[:PORT]");
+    }
+    if let Some(rest) = e.strip_prefix('[') {
+        // [IPv6]:port or [IPv6]
+        let (host, tail) = rest.split_once(']').context("endpoint: unclosed '['")?;
+        return match tail.strip_prefix(':') {
+            Some(p) => Ok(format!("[{host}]:{}", parse_port(p)?)),
+            None if tail.is_empty() => Ok(format!("[{host}]:{default_port}")),
+            None => bail!("endpoint {endpoint:?}: expected [ADDRESS]:PORT"),
+        };
+    }
+    match e.rsplit_once(':') {
+        Some((host, _)) if host.contains(':') => {
+            bail!("endpoint {endpoint:?}: write IPv6 addresses as [ADDRESS]:PORT")
+        }
+        Some((host, port)) => Ok(format!("{host}:{}", parse_port(port)?)),
+        None => Ok(format!("{e}:{default_port}")),
+    }
+}
+
+fn parse_port(p: &str) -> Result<u16> {
+    match p.parse::<u16>() {
+        Ok(0) | Err(_) => bail!("endpoint port {p:?} is not a port number"),
+        Ok(n) => Ok(n),
+    }
+}
+
+fn create(state: &StateDir, name: &str, o: &NetworkOptions) -> Result<()> {
+    check_name(name).map_err(|r| anyhow::anyhow!("network name {name:?}: {r}"))?;
+    let subnet = parse_cidr(&o.cidr).map_err(|e| anyhow::anyhow!("--cidr: {e}"))?;
+    let host = |n: u32| Ipv4Addr::from(u32::from(subnet.network()).saturating_add(n));
+    let gateway = o.gateway.unwrap_or(host(1));
+    let address = o.address.unwrap_or(host(2));
+    let pool = Pool::nova_default(
+        subnet,
+        o.clients,
+        &[(gateway, "gateway"), (address, "appliance address")],
+    )
+    .map_err(|e| anyhow::anyhow!("--clients: {e}"))?;
+    let endpoint = o
+        .endpoint
+        .as_deref()
+        .map(|e| normalize_endpoint(e, o.port))
+        .transpose()?;
+    let file = NetworkFile {
+        name: name.to_string(),
+        cidr: subnet.to_string(),
+        gateway,
+        address,
+        pool: cloudpipe_core::config::PoolFile {
+            first: pool.first(),
+            last: pool.last(),
+        },
+        routes: o.routes.clone(),
+        dns: o.dns.clone(),
+        mode: o.mode,
+        client_to_client: o.client_to_client,
+        mtu: o.mtu,
+        listen_port: o.port,
+        endpoint,
+    };
+
+    let key = PrivateKey::generate(&mut rand_core::OsRng);
+    // The whole configuration the payload will carry is checked before anything is
+    // written.
+    build_config(&file, &key, &[])?;
+
+    let _global = state.lock()?;
+    let dir = state.network_dir(name);
+    if dir.join("network.json").exists() {
+        bail!("network {name:?} already exists");
+    }
+    let _lock = state::lock_new_network(&dir)?;
+    state::write_atomic(
+        &server_key_path(&dir),
+        format!("{}\n", key.to_base64()).as_bytes(),
+        0o600,
+    )?;
+    // network.json is written last: it is what makes the network exist.
+    state::write_json(&dir.join("network.json"), &file, 0o600)?;
+    eprintln!(
+        "created network {name}: {} gateway {gateway}, appliance {address}, pool {}-{} ({} clients)",
+        file.cidr,
+        pool.first(),
+        pool.last(),
+        pool.len()
+    );
+    Ok(())
+}
+
+fn show(net: &Network) -> Result<()> {
+    let f = &net.file;
+    let config = net.config()?;
+    println!("network:          {}", f.name);
+    println!("subnet:           {}", f.cidr);
+    println!("gateway:          {}", f.gateway);
+    println!("appliance:        {} (UDP {})", f.address, f.listen_port);
+    println!(
+        "endpoint:         {}",
+        f.endpoint
+            .as_deref()
+            .unwrap_or("(none: cloudpipe network set-endpoint)")
+    );
+    println!("public key:       {}", net.server_public_key());
+    println!("mode:             {}", f.mode);
+    println!(
+        "client-to-client: {}",
+        if f.client_to_client { "on" } else { "off" }
+    );
+    println!("mtu:              {}", f.mtu);
+    println!(
+        "pool:             {}-{} ({} addresses)",
+        config.pool.first(),
+        config.pool.last(),
+        config.pool.len()
+    );
+    let routes: Vec<String> = config
+        .client_allowed_ips()
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
+    println!("client routes:    {}", routes.join(", "));
+    if !f.dns.is_empty() {
+        let dns: Vec<String> = f.dns.iter().map(|d| d.to_string()).collect();
+        println!("dns:              {}", dns.join(", "));
+    }
+    println!("clients:");
+    if net.clients.is_empty() {
+        println!("  (none)");
+    }
+    for c in &net.clients {
+        println!(
+            "  {:<20} {:<15} {}  {}",
+            c.name,
+            c.address,
+            c.public_key,
+            status_text(c.status)
+        );
+    }
+    Ok(())
+}
+
+pub fn status_text(s: Status) -> &'static str {
+    match s {
+        Status::Active => "active",
+        Status::Revoked { released: false } => "revoked (address held until published)",
+        Status::Revoked { released: true } => "revoked",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_get_a_port() {
+        assert_eq!(
+            normalize_endpoint("vpn.example.org", 1194).unwrap(),
+            "vpn.example.org:1194"
+        );
+        assert_eq!(
+            normalize_endpoint("203.0.113.10:51820", 1194).unwrap(),
+            "203.0.113.10:51820"
+        );
+        assert_eq!(
+            normalize_endpoint("[2001:db8::1]", 1194).unwrap(),
+            "[2001:db8::1]:1194"
+        );
+        assert!(normalize_endpoint("2001:db8::1", 1194).is_err());
+        assert!(normalize_endpoint("host:0", 1194).is_err());
+        assert!(normalize_endpoint("host:x", 1194).is_err());
+        assert!(normalize_endpoint("", 1194).is_err());
+    }
+}

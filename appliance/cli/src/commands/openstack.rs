@@ -1,0 +1,70 @@
+//! `cloudpipe openstack NETWORK`: the commands an operator runs to launch the
+//! network's cloudpipe under Neutron (Nova's cloudpipe did this itself: a security
+//! group for UDP 1194 and ICMP, the .2 address, a public address forwarded to it).
+
+use super::{open, server_name, sh};
+use crate::cli::OpenstackArgs;
+use crate::state::StateDir;
+use anyhow::Result;
+use cloudpipe_core::config::Mode;
+
+pub fn run(state: &StateDir, args: OpenstackArgs) -> Result<()> {
+    let net = open(state, &args.network)?;
+    let config = net.config()?;
+    let name = net.name();
+    let server = server_name(name);
+    let sg = format!("cloudpipe-{name}");
+    let port = format!("cloudpipe-{name}");
+    let neutron_net = args.network_id.clone().unwrap_or_else(|| name.to_string());
+    let user_data = format!("cloudpipe-{name}.user-data");
+    println!(
+        "# Launch the cloudpipe of network {name} ({}), appliance {}.",
+        config.subnet, config.address
+    );
+    println!("# 1. The payload: `--user-data FILE` base64-encodes FILE itself, so write the guest encoding.");
+    println!("cloudpipe payload {name} --encoding guest --output {user_data}");
+    println!(
+        "# 2. Security group: WireGuard on UDP {} and all ICMP, from anywhere.",
+        config.listen_port
+    );
+    println!("openstack security group create {sg}");
+    println!(
+        "openstack security group rule create --ingress --protocol udp --dst-port {} {sg}",
+        config.listen_port
+    );
+    println!("openstack security group rule create --ingress --protocol icmp {sg}");
+    println!("# 3. The appliance's port, with the fixed address {} (Neutron's DHCP port may hold it: check first).", config.address);
+    let mut port_cmd = format!(
+        "openstack port create --network {} --fixed-ip subnet=$(openstack subnet list --network {} -f value -c ID | head -n1),ip-address={} --security-group {sg}",
+        sh(&neutron_net),
+        sh(&neutron_net),
+        config.address
+    );
+    match config.mode {
+        Mode::ProxyArp => {
+            println!("#    Proxy ARP: clients appear with pool addresses, so port security must allow the pool.");
+            for cidr in config.pool.cidrs() {
+                port_cmd.push_str(&format!(" --allowed-address ip-address={cidr}"));
+            }
+        }
+        Mode::Masquerade => println!("#    Masquerade: clients leave with the appliance's address; no allowed-address-pairs needed."),
+    }
+    println!("{port_cmd} {port}");
+    println!("# 4. The public address clients connect to.");
+    println!(
+        "openstack floating ip create {} --port {port}",
+        sh(&args.external_network)
+    );
+    println!("# 5. The appliance VM.");
+    println!(
+        "openstack server create --image {} --flavor {} --port {port} --user-data {user_data} --wait {server}",
+        sh(&args.image),
+        sh(&args.flavor)
+    );
+    println!("# 6. Tell clients where to connect (the floating IP from step 4):");
+    println!(
+        "cloudpipe network set-endpoint {name} FLOATING_IP:{}",
+        config.listen_port
+    );
+    Ok(())
+}

@@ -1,0 +1,179 @@
+//! Client configs: the standard wg-quick file a user imports into any WireGuard
+//! client (wg-quick, wireguard-go + wg, the mobile apps), and `wg-quick strip`, which
+//! turns it into what `wg setconf` accepts.
+
+use crate::config::Config;
+use crate::keys::{PresharedKey, PrivateKey, PublicKey};
+use ipnetwork::Ipv4Network;
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+
+/// Clients behind NAT keep their mapping open with a keepalive this often (seconds),
+/// the value WireGuard's documentation recommends.
+pub const PERSISTENT_KEEPALIVE: u16 = 25;
+
+/// Everything one client's config holds.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub address: Ipv4Addr,
+    pub private_key: PrivateKey,
+    pub dns: Vec<Ipv4Addr>,
+    pub mtu: Option<u16>,
+    pub server_public_key: PublicKey,
+    pub preshared_key: Option<PresharedKey>,
+    /// `host:port` of the appliance's floating IP.
+    pub endpoint: String,
+    pub allowed_ips: Vec<Ipv4Network>,
+}
+
+impl ClientConfig {
+    /// A client of `network` at `address`; the endpoint is `host:port`.
+    pub fn for_network(
+        network: &Config,
+        address: Ipv4Addr,
+        private_key: PrivateKey,
+        preshared_key: Option<PresharedKey>,
+        endpoint: String,
+    ) -> Self {
+        ClientConfig {
+            address,
+            private_key,
+            dns: network.dns.clone(),
+            mtu: (network.mtu != crate::config::DEFAULT_TUNNEL_MTU).then_some(network.mtu),
+            server_public_key: network.private_key.public_key(),
+            preshared_key,
+            endpoint,
+            allowed_ips: network.client_allowed_ips(),
+        }
+    }
+
+    /// The wg-quick file.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let join = |v: Vec<String>| v.join(", ");
+        let _ = writeln!(s, "[Interface]");
+        let _ = writeln!(s, "Address = {}/32", self.address);
+        let _ = writeln!(s, "PrivateKey = {}", self.private_key.to_base64());
+        if !self.dns.is_empty() {
+            let _ = writeln!(
+                s,
+                "DNS = {}",
+                join(self.dns.iter().map(|d| d.to_string()).collect())
+            );
+        }
+        if let Some(mtu) = self.mtu {
+            let _ = writeln!(s, "MTU = {mtu}");
+        }
+        let _ = writeln!(s, "\n[Peer]");
+        let _ = writeln!(s, "PublicKey = {}", self.server_public_key);
+        if let Some(psk) = &self.preshared_key {
+            let _ = writeln!(s, "PresharedKey = {}", psk.to_base64());
+        }
+        let _ = writeln!(s, "Endpoint = {}", self.endpoint);
+        let _ = writeln!(
+            s,
+            "AllowedIPs = {}",
+            join(self.allowed_ips.iter().map(|n| n.to_string()).collect())
+        );
+        let _ = writeln!(s, "PersistentKeepalive = {PERSISTENT_KEEPALIVE}");
+        s
+    }
+}
+
+/// The `[Interface]` keys only wg-quick understands (`wg-quick strip` removes them).
+const WG_QUICK_ONLY: [&str; 9] = [
+    "address",
+    "dns",
+    "mtu",
+    "table",
+    "preup",
+    "postup",
+    "predown",
+    "postdown",
+    "saveconfig",
+];
+
+/// `wg-quick strip`: drop wg-quick-only keys, comments and blank lines.
+pub fn strip(conf: &str) -> String {
+    let mut out = String::new();
+    let mut in_interface = false;
+    for raw in conf.lines() {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        if line.starts_with('[') {
+            in_interface = line.eq_ignore_ascii_case("[interface]");
+        } else if in_interface {
+            let key = line
+                .split('=')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            if WG_QUICK_ONLY.contains(&key.as_str()) {
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::sample_file;
+
+    fn sample() -> ClientConfig {
+        let net = Config::try_from(sample_file()).unwrap();
+        ClientConfig::for_network(
+            &net,
+            "10.0.0.252".parse().unwrap(),
+            PrivateKey::from_bytes([5; 32]),
+            Some(PresharedKey::from_bytes([6; 32])),
+            "198.51.100.7:1194".into(),
+        )
+    }
+
+    #[test]
+    fn renders_a_wg_quick_file() {
+        let c = sample();
+        let text = c.render();
+        assert!(text.contains("Address = 10.0.0.252/32\n"));
+        assert!(text.contains(&format!("PrivateKey = {}\n", c.private_key.to_base64())));
+        assert!(text.contains("DNS = 10.0.0.1\n"));
+        assert!(text.contains(&format!("PublicKey = {}\n", c.server_public_key)));
+        assert!(text.contains("Endpoint = 198.51.100.7:1194\n"));
+        assert!(text.contains("AllowedIPs = 10.0.0.0/24, 192.168.50.0/24\n"));
+        assert!(text.contains("PersistentKeepalive = 25\n"));
+        assert!(!text.contains("MTU"), "default MTU is not written");
+    }
+
+    #[test]
+    fn strip_keeps_only_what_wg_setconf_takes() {
+        let stripped = strip(&sample().render());
+        for gone in ["Address", "DNS", "MTU"] {
+            assert!(!stripped.contains(gone), "{gone} left in:\n{stripped}");
+        }
+        for kept in [
+            "[Interface]",
+            "PrivateKey",
+            "[Peer]",
+            "PublicKey",
+            "PresharedKey",
+            "Endpoint",
+            "AllowedIPs",
+            "PersistentKeepalive",
+        ] {
+            assert!(stripped.contains(kept), "{kept} missing from:\n{stripped}");
+        }
+        let with_hooks =
+            "[Interface] # x\nPostUp = iptables -A\nListenPort = 1\n\n[Peer]\nPublicKey = k\n";
+        assert_eq!(
+            strip(with_hooks),
+            "[Interface]\nListenPort = 1\n[Peer]\nPublicKey = k\n"
+        );
+    }
+}
