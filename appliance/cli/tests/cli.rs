@@ -1,0 +1,569 @@
+//! The `cloudpipe` binary, run as an operator runs it, against a temporary state
+//! directory.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+struct State(PathBuf);
+
+impl State {
+    fn new(tag: &str) -> State {
+        let d = std::env::temp_dir().join(format!("cloudpipe-cli-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        State(d)
+    }
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_cloudpipe"))
+            .arg("--state-dir")
+            .arg(&self.0)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+    /// Run, expect success, return stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+    /// Run, expect failure, return stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(!o.status.success(), "{args:?} should fail");
+        String::from_utf8(o.stderr).unwrap()
+    }
+    fn create(&self, extra: &[&str]) {
+        let mut a = vec![
+            "network",
+            "create",
+            "net1",
+            "--cidr",
+            "10.0.0.0/24",
+            "--endpoint",
+            "198.51.100.7",
+        ];
+        a.extend_from_slice(extra);
+        self.ok(&a);
+    }
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn value<'a>(conf: &'a str, key: &str) -> &'a str {
+    conf.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key} = ")))
+        .unwrap_or_else(|| panic!("{key} missing in\n{conf}"))
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn network_lifecycle() {
+    let s = State::new("life");
+    s.create(&[
+        "--clients",
+        "3",
+        "--route",
+        "192.168.50.0/24",
+        "--dns",
+        "10.0.0.1",
+    ]);
+    assert!(s
+        .fails(&["network", "create", "net1", "--cidr", "10.0.0.0/24"])
+        .contains("already exists"));
+    let list = s.ok(&["network", "list"]);
+    assert!(
+        list.starts_with("net1\t10.0.0.0/24\t10.0.0.2\t0/3 clients\t198.51.100.7:1194"),
+        "{list}"
+    );
+    let show = s.ok(&["network", "show", "net1"]);
+    assert!(
+        show.contains("pool:             10.0.0.252-10.0.0.254 (3 addresses)"),
+        "{show}"
+    );
+    assert!(
+        show.contains("client routes:    10.0.0.0/24, 192.168.50.0/24"),
+        "{show}"
+    );
+    let key = std::fs::read_to_string(s.0.join("net1/server.key")).unwrap();
+    assert!(
+        !show.contains(key.trim()),
+        "network show must not print the private key"
+    );
+    assert_eq!(mode(&s.0.join("net1/server.key")), 0o600);
+    assert_eq!(mode(&s.0.join("net1")), 0o700);
+    assert!(s.fails(&["network", "delete", "net1"]).contains("--yes"));
+    s.ok(&["network", "delete", "net1", "--yes"]);
+    assert_eq!(s.ok(&["network", "list"]), "");
+    assert!(s.fails(&["network", "show", "net1"]).contains("no network"));
+}
+
+#[test]
+fn bad_network_options_are_clear_errors() {
+    let s = State::new("bad");
+    let e = s.fails(&["network", "create", "n", "--cidr", "10.0.0.5/24"]);
+    assert!(e.contains("host bits"), "{e}");
+    let e = s.fails(&[
+        "network",
+        "create",
+        "n",
+        "--cidr",
+        "10.0.0.0/29",
+        "--clients",
+        "9",
+    ]);
+    assert!(e.contains("--clients") && e.contains("at most 4"), "{e}");
+    let e = s.fails(&["network", "create", "../x", "--cidr", "10.0.0.0/24"]);
+    assert!(e.contains("network name"), "{e}");
+    let e = s.fails(&[
+        "network",
+        "create",
+        "n",
+        "--cidr",
+        "10.0.0.0/24",
+        "--mode",
+        "bridge",
+    ]);
+    assert!(e.contains("proxy-arp"), "{e}");
+    let e = s.fails(&[
+        "network",
+        "create",
+        "n",
+        "--cidr",
+        "10.0.0.0/24",
+        "--endpoint",
+        "h:0",
+    ]);
+    assert!(e.contains("port"), "{e}");
+}
+
+#[test]
+fn client_add_renders_a_config_matching_the_network() {
+    let s = State::new("add");
+    s.create(&["--route", "192.168.50.0/24"]);
+    let conf = s.ok(&["client", "add", "net1", "alice"]);
+    assert_eq!(value(&conf, "Address"), "10.0.0.250/32");
+    assert_eq!(value(&conf, "Endpoint"), "198.51.100.7:1194");
+    assert_eq!(value(&conf, "AllowedIPs"), "10.0.0.0/24, 192.168.50.0/24");
+    let show = s.ok(&["network", "show", "net1"]);
+    assert!(
+        show.contains(&format!("public key:       {}", value(&conf, "PublicKey"))),
+        "{show}"
+    );
+    assert_eq!(s.ok(&["client", "show", "net1", "alice", "--config"]), conf);
+    assert_eq!(mode(&s.0.join("net1/clients/alice.json")), 0o600);
+    assert!(s
+        .fails(&["client", "add", "net1", "alice"])
+        .contains("already exists"));
+
+    let out = s.0.join("bob.conf");
+    assert_eq!(
+        s.ok(&[
+            "client",
+            "add",
+            "net1",
+            "bob",
+            "--output",
+            out.to_str().unwrap()
+        ]),
+        ""
+    );
+    assert_eq!(mode(&out), 0o600);
+    assert_eq!(
+        value(&std::fs::read_to_string(&out).unwrap(), "Address"),
+        "10.0.0.251/32"
+    );
+
+    let png = s.0.join("carol.png");
+    let qr = s.ok(&[
+        "client",
+        "add",
+        "net1",
+        "carol",
+        "--qr",
+        "--qr-png",
+        png.to_str().unwrap(),
+    ]);
+    assert!(
+        qr.contains('█') && !qr.contains("PrivateKey"),
+        "--qr prints the code instead of the text"
+    );
+    assert_eq!(&std::fs::read(&png).unwrap()[..4], b"\x89PNG");
+}
+
+#[test]
+fn client_add_without_endpoint_says_how_to_set_it() {
+    let s = State::new("noep");
+    s.ok(&["network", "create", "net1", "--cidr", "10.0.0.0/24"]);
+    let e = s.fails(&["client", "add", "net1", "alice"]);
+    assert!(e.contains("set-endpoint"), "{e}");
+    s.ok(&["network", "set-endpoint", "net1", "vpn.example.org"]);
+    let conf = s.ok(&["client", "add", "net1", "alice"]);
+    assert_eq!(value(&conf, "Endpoint"), "vpn.example.org:1194");
+}
+
+#[test]
+fn pool_exhaustion_and_revocation_release_after_publishing() {
+    let s = State::new("pool");
+    s.create(&["--clients", "2"]);
+    s.ok(&["client", "add", "net1", "a"]);
+    s.ok(&["client", "add", "net1", "b"]);
+    let e = s.fails(&["client", "add", "net1", "c"]);
+    assert!(e.contains("full"), "{e}");
+
+    // Before any payload, nothing runs with these clients: revoking frees at once.
+    s.ok(&["client", "revoke", "net1", "a"]);
+    let conf = s.ok(&["client", "add", "net1", "c"]);
+    assert_eq!(value(&conf, "Address"), "10.0.0.253/32");
+
+    // Once a payload was printed, the appliance knows b: its address stays taken
+    // until the revocation is published.
+    s.ok(&["payload", "net1"]);
+    let o = s.run(&["client", "revoke", "net1", "b"]);
+    let hint = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        hint.contains("openstack server set --property") && hint.contains("cloudpipe-revoke-0"),
+        "{hint}"
+    );
+    assert!(s.fails(&["client", "add", "net1", "d"]).contains("full"));
+    let props: serde_json::Value =
+        serde_json::from_str(&s.ok(&["publish", "net1", "--json"])).unwrap();
+    assert!(
+        props["cloudpipe-revoke-0"]
+            .as_str()
+            .unwrap()
+            .starts_with("v1 "),
+        "{props}"
+    );
+    s.ok(&["publish", "net1", "--done"]);
+    assert_eq!(
+        s.run(&["publish", "net1"]).stdout,
+        b"",
+        "nothing left to publish"
+    );
+    let conf = s.ok(&["client", "add", "net1", "d"]);
+    assert_eq!(value(&conf, "Address"), "10.0.0.254/32");
+    // ... and adding d after boot is itself a change to publish.
+    let cmds = s.ok(&["publish", "net1"]);
+    assert!(cmds.contains("cloudpipe-add-0=v1 d "), "{cmds}");
+}
+
+#[test]
+fn concurrent_adds_never_share_an_address() {
+    let s = State::new("race");
+    s.create(&["--clients", "5"]);
+    let children: Vec<_> = (0..8)
+        .map(|i| {
+            Command::new(env!("CARGO_BIN_EXE_cloudpipe"))
+                .arg("--state-dir")
+                .arg(&s.0)
+                .args(["client", "add", "net1", &format!("c{i}")])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut addrs = Vec::new();
+    let mut failures = 0;
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        if o.status.success() {
+            addrs.push(value(&String::from_utf8(o.stdout).unwrap(), "Address").to_string());
+        } else {
+            assert!(String::from_utf8_lossy(&o.stderr).contains("full"));
+            failures += 1;
+        }
+    }
+    assert_eq!((addrs.len(), failures), (5, 3));
+    addrs.sort();
+    addrs.dedup();
+    assert_eq!(addrs.len(), 5, "an address was handed out twice: {addrs:?}");
+}
+
+#[test]
+fn payload_encodings_and_inspect_redact_secrets() {
+    let s = State::new("payload");
+    s.create(&[]);
+    let conf = s.ok(&["client", "add", "net1", "alice"]);
+    let server_key = std::fs::read_to_string(s.0.join("net1/server.key")).unwrap();
+    for enc in ["nova", "guest"] {
+        let p = s.0.join(format!("p.{enc}"));
+        s.ok(&[
+            "payload",
+            "net1",
+            "--encoding",
+            enc,
+            "--output",
+            p.to_str().unwrap(),
+        ]);
+        let text = s.ok(&["payload", "inspect", p.to_str().unwrap()]);
+        assert!(text.contains("\"network\": \"net1\""), "{text}");
+        assert!(text.contains("<redacted>"));
+        assert!(!text.contains(server_key.trim()), "server key leaked");
+        assert!(!text.contains(value(&conf, "PresharedKey")), "psk leaked");
+    }
+    let guest = s.ok(&["payload", "net1"]);
+    assert!(guest.lines().all(|l| l.len() <= 76));
+    let zip = s.0.join("p.zip");
+    s.ok(&[
+        "payload",
+        "net1",
+        "--encoding",
+        "zip",
+        "--output",
+        zip.to_str().unwrap(),
+    ]);
+    assert_eq!(&std::fs::read(&zip).unwrap()[..2], b"PK");
+    assert_eq!(mode(&zip), 0o600);
+
+    // Stdin, and garbage.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cloudpipe"))
+        .args(["payload", "inspect", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"definitely not a payload")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("neither a zip nor base64"));
+}
+
+#[test]
+fn oversized_payload_says_how_many_clients_fit() {
+    let s = State::new("big");
+    s.ok(&[
+        "network",
+        "create",
+        "big",
+        "--cidr",
+        "10.0.0.0/16",
+        "--clients",
+        "700",
+        "--endpoint",
+        "vpn",
+    ]);
+    for i in 0..600 {
+        s.ok(&["client", "add", "big", &format!("client-{i:03}")]);
+    }
+    let e = s.fails(&["payload", "big"]);
+    assert!(
+        e.contains("over Nova's 65535") && e.contains("of the 600 active clients fit"),
+        "{e}"
+    );
+}
+
+#[test]
+fn import_nova_payload() {
+    let s = State::new("nova");
+    let autorun = "#!/bin/sh\nDHCP_LOWER=`echo $BROADCAST | awk -F. '{print $1\".\"$2\".\"$3\".\" $4 - 7 }'`\n\
+                   echo \"push \\\"route 10.10.0.0 255.255.0.0 $GATEWAY\\\"\" >> server.conf\n";
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, data) in [
+        ("autorun.sh", autorun.as_bytes()),
+        ("crl.pem", b"c"),
+        ("server.key", b"k"),
+        ("ca.crt", b"a"),
+        ("server.crt", b"s"),
+    ] {
+        w.start_file(name, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        w.write_all(data).unwrap();
+    }
+    let f = s.0.with_extension("nova.zip");
+    std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+    std::fs::write(&f, w.finish().unwrap().into_inner()).unwrap();
+    let inspect = s.ok(&["payload", "inspect", f.to_str().unwrap()]);
+    assert!(
+        inspect.contains("Nova") && inspect.contains("import-nova"),
+        "{inspect}"
+    );
+    s.ok(&[
+        "network",
+        "import-nova",
+        "old",
+        "--cidr",
+        "10.0.0.0/24",
+        "--endpoint",
+        "vpn",
+        f.to_str().unwrap(),
+    ]);
+    let show = s.ok(&["network", "show", "old"]);
+    assert!(
+        show.contains("pool:             10.0.0.248-10.0.0.254 (7 addresses)"),
+        "{show}"
+    );
+    assert!(
+        show.contains("10.10.0.0/16") && show.contains("client-to-client: on"),
+        "{show}"
+    );
+    std::fs::remove_file(f).unwrap();
+}
+
+#[test]
+fn state_dir_flag_anywhere_and_from_the_environment() {
+    let s = State::new("where");
+    s.create(&[]);
+    let run = |args: &[&str], env: Option<&Path>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cloudpipe"));
+        c.args(args);
+        match env {
+            Some(p) => c.env("CLOUDPIPE_STATE_DIR", p),
+            None => c.env_remove("CLOUDPIPE_STATE_DIR"),
+        };
+        let o = c.output().unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let dir = s.0.to_str().unwrap();
+    assert!(run(&["network", "list", "--state-dir", dir], None).starts_with("net1"));
+    assert!(run(&["--state-dir", dir, "network", "list"], None).starts_with("net1"));
+    assert!(run(&["network", "list"], Some(&s.0)).starts_with("net1"));
+}
+
+#[test]
+fn openstack_commands_cover_port_security_and_floating_ip() {
+    let s = State::new("os");
+    s.create(&[]);
+    let out = s.ok(&["openstack", "net1"]);
+    for needle in [
+        "--protocol udp --dst-port 1194",
+        "--protocol icmp",
+        "ip-address=10.0.0.2",
+        "--allowed-address ip-address=10.0.0.250/31",
+        "--allowed-address ip-address=10.0.0.254/32",
+        "openstack floating ip create public --port cloudpipe-net1",
+        "--user-data cloudpipe-net1.user-data",
+        "cloudpipe payload net1 --encoding guest",
+    ] {
+        assert!(out.contains(needle), "{needle} missing:\n{out}");
+    }
+    let s = State::new("os2");
+    s.create(&["--mode", "masquerade"]);
+    assert!(!s.ok(&["openstack", "net1"]).contains("--allowed-address"));
+}
+
+/// `wg setconf`, from Debian's wireguard-tools, accepts the stripped config on a
+/// wireguard-go interface in a namespace of our own.
+#[test]
+fn wg_setconf_accepts_the_stripped_config() {
+    let is_root = nix::unistd::geteuid().is_root();
+    let have = |b: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {b}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !is_root || !have("wg") || !have("wireguard-go") {
+        assert!(
+            std::env::var("CLOUDPIPE_SKIP_LAB").is_ok(),
+            "needs root, wg and wireguard-go (scripts/install-deps), or CLOUDPIPE_SKIP_LAB=1 to skip"
+        );
+        return;
+    }
+    let s = State::new("wg");
+    s.create(&["--dns", "10.0.0.1", "--mtu", "1380"]);
+    let conf = s.ok(&["client", "add", "net1", "alice"]);
+    let stripped = cloudpipe_core::client_config::strip(&conf);
+    std::fs::create_dir_all(&s.0).unwrap();
+    let file = s.0.join("alice.stripped");
+    std::fs::write(&file, &stripped).unwrap();
+
+    struct Ns(String, Option<std::process::Child>);
+    impl Drop for Ns {
+        fn drop(&mut self) {
+            if let Some(mut c) = self.1.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let pid = std::process::id();
+    let mut ns = Ns(format!("cpcli{pid}"), None);
+    let iface = format!("cpw{pid}");
+    assert!(Command::new("ip")
+        .args(["netns", "add", &ns.0])
+        .status()
+        .unwrap()
+        .success());
+    ns.1 = Some(
+        Command::new("ip")
+            .args(["netns", "exec", &ns.0, "wireguard-go", &iface])
+            .env("WG_PROCESS_FOREGROUND", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let sock = PathBuf::from(format!("/var/run/wireguard/{iface}.sock"));
+    let t = std::time::Instant::now();
+    while !sock.exists() {
+        assert!(t.elapsed().as_secs() < 10, "wireguard-go did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let o = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.0,
+            "wg",
+            "setconf",
+            &iface,
+            file.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "wg setconf: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let shown = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "wg", "showconf", &iface])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains(value(&conf, "PublicKey")), "{shown}");
+    assert!(shown.contains("Endpoint = 198.51.100.7:1194"), "{shown}");
+    // The unstripped file is refused: it is a wg-quick file, not a wg one.
+    let raw = s.0.join("alice.conf");
+    std::fs::write(&raw, &conf).unwrap();
+    let o = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.0,
+            "wg",
+            "setconf",
+            &iface,
+            raw.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "wg setconf took Address/DNS/MTU");
+}
