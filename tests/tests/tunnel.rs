@@ -41,6 +41,18 @@ fn stock_client_reaches_tenant_vm_both_ways_and_moves_200_mb() {
         .unwrap();
     assert!(neigh.contains("lladdr"), "{neigh}");
 
+    // A pool address nobody holds is routed into the tunnel too: the appliance
+    // answers for it with ICMP host unreachable instead of letting it time out.
+    let o = m
+        .lab
+        .output(&m.lab.cloudpipe(), &["ping", "-n", "-c", "1", "-W", "2", "10.77.0.253"])
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        !o.status.success() && text.contains("Destination Host Unreachable"),
+        "{text}"
+    );
+
     iperf_server(&m.lab, 5201);
     let out = m
         .lab

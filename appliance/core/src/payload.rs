@@ -603,4 +603,53 @@ echo "client-to-client" >> server.conf
             Err(PayloadError::TooLarge { .. })
         ));
     }
+
+    mod prop {
+        use super::*;
+        use crate::config::{Mode, PeerFile, PoolFile};
+        use crate::keys::{PresharedKey, PrivateKey};
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+            // Any valid configuration survives every encoding unchanged.
+            #[test]
+            fn any_valid_config_round_trips(
+                net in any::<u32>(), prefix in 16u8..=28, peers in 0usize..12,
+                seed in any::<u8>(), c2c in any::<bool>(), masq in any::<bool>(), mtu in 1280u16..=9000,
+            ) {
+                let subnet = ipnetwork::Ipv4Network::new(std::net::Ipv4Addr::from(net), prefix).unwrap();
+                let subnet = ipnetwork::Ipv4Network::new(subnet.network(), prefix).unwrap();
+                let top = u32::from(subnet.broadcast());
+                let n = peers.min(((1u32 << (32 - prefix)) - 4) as usize);
+                let file = crate::config::ConfigFile {
+                    version: 1,
+                    network: format!("net-{seed}"),
+                    cidr: subnet.to_string(),
+                    gateway: None, address: None, interface: None,
+                    mtu: Some(mtu), tenant_mtu: None, listen_port: Some(1194),
+                    pool: Some(PoolFile { first: (top - n.max(1) as u32).into(), last: (top - 1).into() }),
+                    routes: vec!["192.168.0.0/16".into()],
+                    dns: vec![],
+                    mode: if masq { Mode::Masquerade } else { Mode::ProxyArp },
+                    client_to_client: c2c,
+                    private_key: PrivateKey::from_bytes([seed; 32]).to_base64(),
+                    peers: (0..n).map(|i| PeerFile {
+                        name: format!("p{i}"),
+                        public_key: PrivateKey::from_bytes([seed.wrapping_add(1 + i as u8); 32]).public_key().to_base64(),
+                        preshared_key: (i % 2 == 0).then(|| PresharedKey::from_bytes([i as u8; 32]).to_base64()),
+                        address: (top - 1 - i as u32).into(),
+                    }).collect(),
+                };
+                let Ok(config) = Config::try_from(file) else {
+                    // Key collisions of the generator (a peer with the server's key).
+                    return Ok(());
+                };
+                for enc in [Encoding::Nova, Encoding::Guest, Encoding::Zip] {
+                    let bytes = encode(&config, enc).unwrap();
+                    prop_assert_eq!(decode(&bytes).unwrap(), Payload::Cloudpipe(Box::new(config.clone())));
+                }
+            }
+        }
+    }
 }
