@@ -9,6 +9,7 @@
 //! STATE/NET/baseline.json        public keys in the payload last printed (what the
 //!                                booted appliance knows)
 //! STATE/NET/published.json       instance properties last marked published
+//! STATE/NET/printed.json         property keys printed since, perhaps set
 //! ```
 //!
 //! Every write is atomic (temp file with its final mode, fsync, rename, fsync of the
@@ -30,16 +31,25 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/cloudpipe";
 pub struct Lock(#[allow(dead_code)] Flock<File>);
 
 fn lock(path: &Path) -> Result<Lock> {
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("opening lock {}", path.display()))?;
-    Flock::lock(f, FlockArg::LockExclusive)
-        .map(Lock)
-        .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", path.display()))
+    use std::os::unix::fs::MetadataExt;
+    loop {
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("opening lock {}", path.display()))?;
+        let held = Flock::lock(f, FlockArg::LockExclusive)
+            .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", path.display()))?;
+        // While we waited, the folder may have been deleted (and even created again):
+        // a lock on a file no longer at `path` excludes nobody.
+        let ours = held.metadata()?;
+        match std::fs::metadata(path) {
+            Ok(now) if now.dev() == ours.dev() && now.ino() == ours.ino() => return Ok(Lock(held)),
+            _ => continue,
+        }
+    }
 }
 
 pub struct StateDir {
@@ -66,6 +76,7 @@ impl StateDir {
         let mut v: Vec<String> = std::fs::read_dir(&self.root)
             .with_context(|| format!("reading {}", self.root.display()))?
             .filter_map(|e| e.ok())
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
             .filter(|e| e.path().join("network.json").exists())
             .filter_map(|e| e.file_name().into_string().ok())
             .collect();
@@ -90,7 +101,15 @@ pub fn lock_network(dir: &Path) -> Result<Lock> {
             dir.file_name().unwrap_or_default()
         );
     }
-    lock(&dir.join(".lock"))
+    let lock = lock(&dir.join(".lock"))?;
+    // A `network delete` may have won the race for the lock.
+    if !dir.join("network.json").exists() {
+        bail!(
+            "network {:?} was deleted while this command waited for it",
+            dir.file_name().unwrap_or_default()
+        );
+    }
+    Ok(lock)
 }
 
 pub fn lock_new_network(dir: &Path) -> Result<Lock> {
@@ -98,15 +117,30 @@ pub fn lock_new_network(dir: &Path) -> Result<Lock> {
     lock(&dir.join(".lock"))
 }
 
-/// Write `bytes` to `path` atomically with `mode`.
+/// The directory holding `path` (`.` for a bare file name such as `--output a.conf`).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Write `bytes` to `path` atomically with `mode`: a temporary file in the same
+/// directory, created with its final mode, synced, renamed over `path`, and the
+/// directory synced so the rename itself survives a crash.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let dir = path.parent().context("path has a parent")?;
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} is not a file name", path.display()))?;
+    let dir = parent_dir(path);
     let tmp = dir.join(format!(
         ".{}.tmp.{}",
-        path.file_name().unwrap_or_default().to_string_lossy(),
+        name.to_string_lossy(),
         std::process::id()
     ));
     let write = || -> std::io::Result<()> {
+        // A leftover of a crashed run that had our PID: never ours to keep.
+        let _ = std::fs::remove_file(&tmp);
         let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -121,6 +155,26 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         anyhow::anyhow!("writing {}: {e}", path.display())
     })
+}
+
+/// Remove a network's folder so that a crash midway never leaves half a network:
+/// rename it out of the way (atomic), sync the state directory, then delete.
+pub fn remove_dir_atomic(dir: &Path) -> Result<()> {
+    let parent = parent_dir(dir);
+    let name = dir
+        .file_name()
+        .with_context(|| format!("{} is not a folder name", dir.display()))?;
+    // Network names never start with '.', so this name is never listed as a network.
+    let doomed = parent.join(format!(
+        ".deleted.{}.{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&doomed);
+    std::fs::rename(dir, &doomed)
+        .and_then(|()| File::open(parent)?.sync_all())
+        .with_context(|| format!("removing {}", dir.display()))?;
+    std::fs::remove_dir_all(&doomed).with_context(|| format!("removing {}", doomed.display()))
 }
 
 pub fn write_json(path: &Path, value: &impl Serialize, mode: u32) -> Result<()> {
@@ -147,6 +201,65 @@ pub fn read_json_opt<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    fn temp(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("cp-state-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        create_dir(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn bare_file_names_are_written_in_the_current_directory() {
+        assert_eq!(parent_dir(Path::new("a.conf")), Path::new("."));
+        assert_eq!(parent_dir(Path::new("/x/a.conf")), Path::new("/x"));
+        assert!(write_atomic(Path::new("/"), b"x", 0o600).is_err());
+    }
+
+    #[test]
+    fn a_stale_temp_file_does_not_block_writes() {
+        let d = temp("stale");
+        let p = d.join("x.json");
+        let tmp = d.join(format!(".x.json.tmp.{}", std::process::id()));
+        std::fs::write(&tmp, b"half").unwrap();
+        write_atomic(&p, b"whole", 0o600).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"whole");
+        assert!(!tmp.exists());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn removed_folders_vanish_and_are_never_listed() {
+        let d = temp("rm");
+        let state = StateDir::open(d.clone()).unwrap();
+        let net = state.network_dir("n1");
+        create_dir(&net.join("clients")).unwrap();
+        std::fs::write(net.join("network.json"), b"{}").unwrap();
+        // A half-removed folder from a crash is hidden.
+        let doomed = d.join(".deleted.n2.1");
+        create_dir(&doomed).unwrap();
+        std::fs::write(doomed.join("network.json"), b"{}").unwrap();
+        assert_eq!(state.networks().unwrap(), vec!["n1".to_string()]);
+        remove_dir_atomic(&net).unwrap();
+        assert!(!net.exists());
+        assert!(state.networks().unwrap().is_empty());
+        assert!(lock_network(&net).is_err());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn locks_exclude_each_other() {
+        let d = temp("lock");
+        let p = d.join(".lock");
+        let held = lock(&p).unwrap();
+        let f = OpenOptions::new().write(true).open(&p).unwrap();
+        let again = Flock::lock(f, FlockArg::LockExclusiveNonblock);
+        assert!(again.is_err(), "a second exclusive lock was granted");
+        drop(held);
+        let f = OpenOptions::new().write(true).open(&p).unwrap();
+        assert!(Flock::lock(f, FlockArg::LockExclusiveNonblock).is_ok());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 
     #[test]
     fn atomic_write_sets_mode_and_replaces() {

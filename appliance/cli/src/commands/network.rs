@@ -88,8 +88,11 @@ pub fn run(state: &StateDir, cmd: NetworkCmd) -> Result<()> {
                 bail!("this deletes network {name:?} and all its keys; run again with --yes");
             }
             let dir = net.dir.clone();
+            // Still holding the network's lock: its lock file goes with the folder.
+            state::remove_dir_atomic(&dir)?;
             drop(net);
-            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))
+            eprintln!("deleted network {name} and its keys");
+            Ok(())
         }
     }
 }
