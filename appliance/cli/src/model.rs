@@ -234,11 +234,14 @@ impl Network {
         state::write_json(&self.dir.join("published.json"), props, 0o600)
     }
 
-    /// Is `key` known to the booted appliance (in the last printed payload)?
-    pub fn in_baseline(&self, key: &str) -> Result<bool> {
-        Ok(self
-            .baseline()?
-            .is_some_and(|b| b.public_keys.contains(key)))
+    /// Property keys whose `set` commands were printed since the last `publish
+    /// --done` (the operator may have run them without confirming).
+    pub fn printed_keys(&self) -> Result<BTreeSet<String>> {
+        Ok(state::read_json_opt(&self.dir.join("printed.json"))?.unwrap_or_default())
+    }
+
+    pub fn set_printed_keys(&self, keys: &BTreeSet<String>) -> Result<()> {
+        state::write_json(&self.dir.join("printed.json"), keys, 0o600)
     }
 
     pub fn server_public_key(&self) -> PublicKey {

@@ -104,14 +104,13 @@ pub fn run(state: &StateDir, cmd: ClientCmd) -> Result<()> {
             if c.status != Status::Active {
                 bail!("client {name:?} is already revoked");
             }
-            // Only an appliance booted with this client knows it: until the revocation
-            // reaches it, the address stays taken.
-            let known = net.in_baseline(&c.public_key)?
-                || net
-                    .published_properties()?
-                    .values()
-                    .any(|v| v.contains(&c.public_key));
-            c.status = Status::Revoked { released: !known };
+            // Once a payload was printed, an appliance may run with this client (from
+            // the payload, or from a published add, confirmed or not): the address
+            // stays taken until `publish --done` says the revocation reached it.
+            let may_be_running = net.baseline()?.is_some();
+            c.status = Status::Revoked {
+                released: !may_be_running,
+            };
             net.save_client(&c)?;
             if let Some(slot) = net.clients.iter_mut().find(|x| x.name == name) {
                 *slot = c;

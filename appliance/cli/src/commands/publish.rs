@@ -1,12 +1,19 @@
 //! `cloudpipe publish`: client changes reach a running appliance as instance
 //! properties (user-data cannot change after boot).
+//!
+//! The CLI cannot see the instance, so it keeps two records: the properties last
+//! confirmed with `publish --done` (`published.json`), and the property keys it has
+//! printed `set` commands for since (`printed.json`), which the operator may have
+//! run without confirming. A key in either that is no longer wanted is unset, so a
+//! revoked client never survives on the appliance through a half-confirmed publish.
 
 use super::{open, server_name, sh};
 use crate::cli::PublishArgs;
 use crate::model::{Network, Status};
 use crate::state::StateDir;
 use anyhow::Result;
-use cloudpipe_core::overlay::property_changes;
+use cloudpipe_core::overlay::{property_changes, KEY_PREFIX};
+use std::collections::{BTreeMap, BTreeSet};
 
 pub fn run(state: &StateDir, args: PublishArgs) -> Result<()> {
     let mut net = open(state, &args.network)?;
@@ -17,6 +24,7 @@ pub fn run(state: &StateDir, args: PublishArgs) -> Result<()> {
     }
     if args.done {
         net.set_published_properties(&desired)?;
+        net.set_printed_keys(&BTreeSet::new())?;
         let mut released = 0;
         for c in net.clients.iter_mut() {
             if c.status == (Status::Revoked { released: false }) {
@@ -30,9 +38,14 @@ pub fn run(state: &StateDir, args: PublishArgs) -> Result<()> {
         eprintln!("recorded as published; {released} revoked address(es) returned to the pool");
         return Ok(());
     }
-    let commands = commands(&net)?;
+    let commands = record_commands(&net)?;
     if commands.is_empty() {
         eprintln!("nothing to publish: the instance's properties are up to date");
+    } else {
+        eprintln!(
+            "run these, then `cloudpipe publish {} --done` to record it",
+            net.name()
+        );
     }
     for c in commands {
         println!("{c}");
@@ -40,11 +53,35 @@ pub fn run(state: &StateDir, args: PublishArgs) -> Result<()> {
     Ok(())
 }
 
-/// The `openstack server set/unset` commands that bring the instance's properties
-/// from what was last published to what the clients now are.
-pub fn commands(net: &Network) -> Result<Vec<String>> {
-    let (set, unset) = property_changes(&net.published_properties()?, &net.desired_properties()?);
-    let server = server_name(net.name());
+/// The commands that bring the instance from what may be on it to what the clients
+/// now are, recording the keys they set as possibly published.
+fn record_commands(net: &Network) -> Result<Vec<String>> {
+    let desired = net.desired_properties()?;
+    let mut printed = net.printed_keys()?;
+    let cmds = commands(
+        &server_name(net.name()),
+        &net.published_properties()?,
+        &printed,
+        &desired,
+    );
+    let (set, _) = property_changes(&net.published_properties()?, &desired);
+    let before = printed.len();
+    printed.extend(set.into_iter().map(|(k, _)| k));
+    if printed.len() != before {
+        net.set_printed_keys(&printed)?;
+    }
+    Ok(cmds)
+}
+
+/// The `openstack server set/unset` commands that take an instance whose properties
+/// are `published` (plus, perhaps, the `printed` keys) to `desired`.
+pub fn commands(
+    server: &str,
+    published: &BTreeMap<String, String>,
+    printed: &BTreeSet<String>,
+    desired: &BTreeMap<String, String>,
+) -> Vec<String> {
+    let (set, unset) = property_changes(published, desired);
     let mut out = Vec::new();
     if !set.is_empty() {
         let props: Vec<String> = set
@@ -63,7 +100,26 @@ pub fn commands(net: &Network) -> Result<Vec<String>> {
             props.join(" ")
         ));
     }
-    Ok(out)
+    // Keys printed earlier but never confirmed may or may not be on the instance;
+    // one command each, since unsetting a missing key fails (and would stop the rest).
+    let maybe: Vec<&String> = printed
+        .iter()
+        .filter(|k| k.starts_with(KEY_PREFIX))
+        .filter(|k| !published.contains_key(*k) && !desired.contains_key(*k))
+        .collect();
+    if !maybe.is_empty() {
+        out.push(
+            "# set by an earlier, unconfirmed publish: a 'not found' error below is harmless"
+                .to_string(),
+        );
+        for k in maybe {
+            out.push(format!(
+                "openstack server unset --property {} {server}",
+                sh(k)
+            ));
+        }
+    }
+    out
 }
 
 /// After a client change: tell the operator how to publish it, if an appliance may
@@ -72,8 +128,13 @@ pub fn hint(net: &Network) -> Result<()> {
     if net.baseline()?.is_none() {
         return Ok(());
     }
-    let cmds = commands(net)?;
-    if !cmds.is_empty() {
+    let cmds = record_commands(net)?;
+    if cmds.is_empty() {
+        eprintln!(
+            "nothing to publish; run `cloudpipe publish {} --done` to return revoked addresses to the pool",
+            net.name()
+        );
+    } else {
         eprintln!(
             "publish this change to the running appliance, then run `cloudpipe publish {} --done`:",
             net.name()
@@ -83,4 +144,55 @@ pub fn hint(net: &Network) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn nothing_changed_prints_nothing() {
+        let m = map(&[("cloudpipe-add-0", "v1 a K - 10.0.0.250")]);
+        assert!(commands("cloudpipe-n", &m, &BTreeSet::new(), &m).is_empty());
+    }
+
+    #[test]
+    fn sets_and_unsets_are_quoted_for_the_shell() {
+        let published = map(&[("cloudpipe-add-0", "v1 a K - 10.0.0.250"), ("owner", "x")]);
+        let desired = map(&[("cloudpipe-revoke-0", "v1 K")]);
+        let c = commands("cloudpipe-n", &published, &BTreeSet::new(), &desired);
+        assert_eq!(
+            c,
+            vec![
+                "openstack server set --property 'cloudpipe-revoke-0=v1 K' cloudpipe-n",
+                "openstack server unset --property cloudpipe-add-0 cloudpipe-n",
+            ]
+        );
+    }
+
+    #[test]
+    fn unconfirmed_keys_are_unset_one_by_one() {
+        // add-0 and add-1 were printed (perhaps run) but never confirmed; now only
+        // add-0 is wanted, with another value.
+        let printed: BTreeSet<String> = ["cloudpipe-add-0", "cloudpipe-add-1", "other"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let desired = map(&[("cloudpipe-add-0", "v1 d K - 10.0.0.250")]);
+        let c = commands("cloudpipe-n", &BTreeMap::new(), &printed, &desired);
+        assert_eq!(c.len(), 3, "{c:?}");
+        assert!(c[0].starts_with("openstack server set --property 'cloudpipe-add-0=v1 d"));
+        assert!(c[1].starts_with('#'));
+        assert_eq!(
+            c[2],
+            "openstack server unset --property cloudpipe-add-1 cloudpipe-n"
+        );
+    }
 }
