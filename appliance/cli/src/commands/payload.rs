@@ -5,7 +5,7 @@ use crate::cli::{PayloadArgs, PayloadCmd};
 use crate::model::Status;
 use crate::state::{self, StateDir};
 use anyhow::{bail, Context, Result};
-use cloudpipe_core::config::{Config, Peer};
+use cloudpipe_core::config::{Config, ConfigFile, Peer};
 use cloudpipe_core::payload::{self, Encoding, Payload, PayloadError, MAX_USER_DATA};
 use std::io::{IsTerminal, Read, Write};
 
@@ -44,6 +44,7 @@ pub fn run(state: &StateDir, args: PayloadArgs) -> Result<()> {
     // ones it does not know hold no address any more, and its properties start empty.
     net.set_baseline(&peers)?;
     net.set_published_properties(&Default::default())?;
+    net.set_printed_keys(&Default::default())?;
     for c in net.clients.iter_mut() {
         if c.status == (Status::Revoked { released: false }) {
             c.status = Status::Revoked { released: true };
@@ -93,7 +94,7 @@ fn inspect(file: &std::path::Path) -> Result<()> {
             .take(payload::MAX_INPUT as u64 + 1)
             .read_to_end(&mut bytes)?;
     }
-    match payload::decode(&bytes) {
+    let valid = match payload::decode(&bytes) {
         Ok(Payload::Nova(n)) => {
             println!("a Nova (OpenVPN) cloudpipe payload");
             println!(
@@ -105,17 +106,113 @@ fn inspect(file: &std::path::Path) -> Result<()> {
             println!("{}", n.migration_hint());
             return Ok(());
         }
-        Ok(Payload::Cloudpipe(_)) => {}
-        Err(PayloadError::Config(e)) => eprintln!("the payload decodes but is not valid: {e}"),
+        Ok(Payload::Cloudpipe(config)) => Ok(config),
+        Err(PayloadError::Config(e)) => Err(e),
         Err(e) => bail!("{}: {e}", file.display()),
-    }
+    };
     let mut f = payload::decode_file(&bytes)??;
-    f.private_key = "<redacted>".into();
-    for p in &mut f.peers {
-        if p.preshared_key.is_some() {
-            p.preshared_key = Some("<redacted>".into());
+    redact(&mut f);
+    println!("{}", serde_json::to_string_pretty(&f)?);
+    match valid {
+        Ok(config) => {
+            println!(
+                "valid: yes ({} clients; server public key {})",
+                config.peers.len(),
+                config.private_key.public_key()
+            );
+            Ok(())
+        }
+        Err(e) => {
+            println!("valid: no ({e})");
+            bail!("the payload decodes but is not valid: {e}")
         }
     }
-    println!("{}", serde_json::to_string_pretty(&f)?);
-    Ok(())
+}
+
+/// Replace every secret of a config file by `<redacted>`.
+fn redact(f: &mut ConfigFile) {
+    const REDACTED: &str = "<redacted>";
+    f.private_key = REDACTED.into();
+    for p in &mut f.peers {
+        if p.preshared_key.is_some() {
+            p.preshared_key = Some(REDACTED.into());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cloudpipe_core::config::{PeerFile, PoolFile};
+    use cloudpipe_core::keys::{PresharedKey, PrivateKey};
+
+    fn config(clients: u32) -> Config {
+        let subnet = "10.0.0.0/16";
+        let key = |i: u32| {
+            let mut b = [7u8; 32];
+            b[1..5].copy_from_slice(&i.to_le_bytes()); // byte 0 is clamped
+            PrivateKey::from_bytes(b)
+        };
+        let file = ConfigFile {
+            version: 1,
+            network: "n".into(),
+            cidr: subnet.into(),
+            gateway: None,
+            address: None,
+            interface: None,
+            mtu: None,
+            tenant_mtu: None,
+            listen_port: None,
+            pool: Some(PoolFile {
+                first: "10.0.1.0".parse().unwrap(),
+                last: "10.0.255.254".parse().unwrap(),
+            }),
+            routes: vec![],
+            dns: vec![],
+            mode: Default::default(),
+            client_to_client: false,
+            private_key: key(u32::MAX).to_base64(),
+            peers: (0..clients)
+                .map(|i| PeerFile {
+                    name: format!("c{i}"),
+                    public_key: key(i).public_key().to_base64(),
+                    preshared_key: Some(
+                        PresharedKey::from_bytes(*key(i + 1_000_000).public_key().as_bytes())
+                            .to_base64(),
+                    ),
+                    address: std::net::Ipv4Addr::from(u32::from_be_bytes([10, 0, 1, 0]) + i),
+                })
+                .collect(),
+        };
+        Config::try_from(file).unwrap()
+    }
+
+    #[test]
+    fn clients_that_fit_is_the_largest_prefix_under_novas_limit() {
+        let c = config(700);
+        let n = clients_that_fit(&c, &c.peers);
+        assert!(n > 0 && n < 700, "{n}");
+        let with = |k: usize| Config {
+            peers: c.peers[..k].to_vec(),
+            ..c.clone()
+        };
+        assert!(payload::nova_size(&with(n)) <= MAX_USER_DATA);
+        assert!(payload::nova_size(&with(n + 1)) > MAX_USER_DATA);
+        let small = config(3);
+        assert_eq!(clients_that_fit(&small, &small.peers), 3);
+    }
+
+    #[test]
+    fn redaction_leaves_no_secret() {
+        let c = config(2);
+        let mut f = c.to_file();
+        redact(&mut f);
+        let text = serde_json::to_string(&f).unwrap();
+        assert!(!text.contains(&c.private_key.to_base64()));
+        for p in &c.peers {
+            let psk = p.preshared_key.as_ref().unwrap().to_base64();
+            assert!(!text.contains(&psk));
+            assert!(text.contains(&p.public_key.to_base64()), "public keys stay");
+        }
+    }
 }
