@@ -30,6 +30,12 @@ pub enum Command {
     #[command(subcommand)]
     Client(ClientCmd),
     /// Print the boot payload (user-data), or inspect one.
+    ///
+    /// Printing a network's payload records its active clients as the baseline the
+    /// appliance boots with: later client changes are published as instance
+    /// properties (`cloudpipe publish`), and clients revoked before it hold no
+    /// address any more. Refused when Nova's 65535-byte user-data limit is exceeded
+    /// (the error says how many clients fit).
     Payload(PayloadArgs),
     /// Print the instance-property commands that publish client changes to a running
     /// appliance; --done records that they were run.
@@ -94,7 +100,7 @@ pub enum NetworkCmd {
         /// Where clients connect, HOST[:PORT].
         #[arg(long)]
         endpoint: Option<String>,
-        /// The Nova payload file.
+        /// The Nova payload file (any encoding), or - for standard input.
         file: PathBuf,
     },
     /// List networks.
@@ -174,7 +180,7 @@ pub enum PayloadCmd {
 pub struct PublishArgs {
     pub network: String,
     /// Record that the printed commands were run: revoked clients' addresses return
-    /// to the pool.
+    /// to the pool (before a payload was printed, revocation frees them at once).
     #[arg(long)]
     pub done: bool,
     /// Print the cloudpipe properties the instance should have, as a JSON object.
@@ -196,4 +202,69 @@ pub struct OpenstackArgs {
     /// External network for the floating IP.
     #[arg(long, default_value = "public")]
     pub external_network: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn state_dir_is_global() {
+        for args in [
+            &["cloudpipe", "--state-dir", "/s", "network", "list"][..],
+            &["cloudpipe", "network", "list", "--state-dir", "/s"][..],
+            &["cloudpipe", "network", "--state-dir", "/s", "list"][..],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            assert_eq!(cli.state_dir, PathBuf::from("/s"), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn network_create_defaults_follow_nova() {
+        let cli = Cli::try_parse_from([
+            "cloudpipe",
+            "network",
+            "create",
+            "n",
+            "--cidr",
+            "10.0.0.0/24",
+        ])
+        .unwrap();
+        let Command::Network(NetworkCmd::Create { opts, .. }) = cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert_eq!(opts.clients, 5);
+        assert_eq!(opts.port, 1194);
+        assert_eq!(opts.mode, cloudpipe_core::config::Mode::ProxyArp);
+        assert!(!opts.client_to_client);
+    }
+
+    #[test]
+    fn payload_takes_a_network_or_inspect() {
+        let cli = Cli::try_parse_from(["cloudpipe", "payload", "n", "--encoding", "nova"]).unwrap();
+        let Command::Payload(p) = cli.command else {
+            panic!()
+        };
+        assert_eq!(p.network.as_deref(), Some("n"));
+        assert_eq!(p.encoding, cloudpipe_core::payload::Encoding::Nova);
+        let cli = Cli::try_parse_from(["cloudpipe", "payload", "inspect", "-"]).unwrap();
+        let Command::Payload(p) = cli.command else {
+            panic!()
+        };
+        assert!(matches!(p.inspect, Some(PayloadCmd::Inspect { .. })));
+        assert!(Cli::try_parse_from(["cloudpipe", "payload", "n", "--encoding", "rar"]).is_err());
+    }
+
+    #[test]
+    fn publish_json_and_done_exclude_each_other() {
+        let e = Cli::try_parse_from(["cloudpipe", "publish", "n", "--json", "--done"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+    }
 }

@@ -9,7 +9,9 @@ mod publish;
 use crate::cli::{Cli, Command};
 use crate::model::Network;
 use crate::state::StateDir;
-use anyhow::Result;
+use anyhow::{Context, Result};
+use std::io::Read;
+use std::path::Path;
 
 pub fn run(cli: Cli) -> Result<()> {
     let state = StateDir::open(cli.state_dir)?;
@@ -44,5 +46,53 @@ fn sh(word: &str) -> String {
         word.to_string()
     } else {
         format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
+/// Read a payload file (`-` for standard input), never more than the decoder looks
+/// at plus one byte, so an oversized input is reported rather than slurped.
+fn read_payload(file: &Path) -> Result<Vec<u8>> {
+    let limit = cloudpipe_core::payload::MAX_INPUT as u64 + 1;
+    let mut bytes = Vec::new();
+    if file.as_os_str() == "-" {
+        std::io::stdin()
+            .take(limit)
+            .read_to_end(&mut bytes)
+            .context("reading standard input")?;
+    } else {
+        std::fs::File::open(file)
+            .and_then(|f| f.take(limit).read_to_end(&mut bytes))
+            .with_context(|| format!("reading {}", file.display()))?;
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_words_are_quoted_only_when_needed() {
+        assert_eq!(sh("cloudpipe-net1"), "cloudpipe-net1");
+        assert_eq!(sh("ip-address=10.0.0.250/31"), "ip-address=10.0.0.250/31");
+        assert_eq!(sh("a b"), "'a b'");
+        assert_eq!(sh(""), "''");
+        assert_eq!(sh("it's"), "'it'\\''s'");
+        assert_eq!(sh("$(rm -rf /)"), "'$(rm -rf /)'");
+        // base64 keys carry '+', '/' and '='.
+        assert_eq!(sh("k=v1 ab+/c="), "'k=v1 ab+/c='");
+    }
+
+    #[test]
+    fn payload_reads_are_bounded() {
+        let p = std::env::temp_dir().join(format!("cp-read-{}", std::process::id()));
+        std::fs::write(&p, vec![b'A'; cloudpipe_core::payload::MAX_INPUT + 100]).unwrap();
+        let got = read_payload(&p).unwrap();
+        assert_eq!(got.len(), cloudpipe_core::payload::MAX_INPUT + 1);
+        std::fs::remove_file(&p).unwrap();
+        assert!(read_payload(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("reading"));
     }
 }

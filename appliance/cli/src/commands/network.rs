@@ -1,7 +1,7 @@
 //! `cloudpipe network ...`: create (or import from Nova), list, show, set-endpoint,
 //! delete.
 
-use super::open;
+use super::{open, read_payload};
 use crate::cli::{NetworkCmd, NetworkOptions};
 use crate::model::{build_config, server_key_path, Network, NetworkFile, Status};
 use crate::state::{self, StateDir};
@@ -21,8 +21,7 @@ pub fn run(state: &StateDir, cmd: NetworkCmd) -> Result<()> {
             endpoint,
             file,
         } => {
-            let bytes =
-                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let bytes = read_payload(&file)?;
             let nova = match payload::decode(&bytes) {
                 Ok(Payload::Nova(n)) => n,
                 Ok(Payload::Cloudpipe(_)) => bail!(

@@ -1,13 +1,13 @@
 //! `cloudpipe payload NETWORK` and `cloudpipe payload inspect FILE`.
 
-use super::open;
+use super::{open, read_payload};
 use crate::cli::{PayloadArgs, PayloadCmd};
 use crate::model::Status;
 use crate::state::{self, StateDir};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use cloudpipe_core::config::{Config, ConfigFile, Peer};
 use cloudpipe_core::payload::{self, Encoding, Payload, PayloadError, MAX_USER_DATA};
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 
 pub fn run(state: &StateDir, args: PayloadArgs) -> Result<()> {
     if let Some(PayloadCmd::Inspect { file }) = args.inspect {
@@ -83,17 +83,7 @@ fn clients_that_fit(config: &Config, peers: &[Peer]) -> usize {
 }
 
 fn inspect(file: &std::path::Path) -> Result<()> {
-    let mut bytes = Vec::new();
-    if file.as_os_str() == "-" {
-        std::io::stdin()
-            .take(payload::MAX_INPUT as u64 + 1)
-            .read_to_end(&mut bytes)?;
-    } else {
-        std::fs::File::open(file)
-            .with_context(|| format!("opening {}", file.display()))?
-            .take(payload::MAX_INPUT as u64 + 1)
-            .read_to_end(&mut bytes)?;
-    }
+    let bytes = read_payload(file)?;
     let valid = match payload::decode(&bytes) {
         Ok(Payload::Nova(n)) => {
             println!("a Nova (OpenVPN) cloudpipe payload");
