@@ -617,3 +617,192 @@ fn wg_setconf_accepts_the_stripped_config() {
     let o = ns.wg(&["setconf", &ns.iface, raw.to_str().unwrap()]);
     assert!(!o.status.success(), "wg setconf took Address/DNS/MTU");
 }
+
+#[test]
+fn output_to_a_bare_file_name_lands_in_the_current_directory() {
+    let s = State::new("cwd");
+    s.create(&[]);
+    let o = Command::new(env!("CARGO_BIN_EXE_cloudpipe"))
+        .current_dir(&s.0)
+        .args(["--state-dir", "."])
+        .args(["client", "add", "net1", "alice", "--output", "alice.conf"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let conf = std::fs::read_to_string(s.0.join("alice.conf")).unwrap();
+    assert_eq!(value(&conf, "Address"), "10.0.0.250/32");
+    assert_eq!(mode(&s.0.join("alice.conf")), 0o600);
+    let leftovers: Vec<_> = std::fs::read_dir(&s.0)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp."))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// An add printed after boot (and perhaps run) but never confirmed with `--done`,
+/// then revoked: the next publish unsets it, and its address waits for `--done`.
+#[test]
+fn unconfirmed_add_then_revoke_is_unset_and_holds_its_address() {
+    let s = State::new("unconf");
+    s.create(&["--clients", "2"]);
+    s.ok(&["client", "add", "net1", "a"]);
+    s.ok(&["payload", "net1"]);
+    let o = s.run(&["client", "add", "net1", "carol"]);
+    assert!(o.status.success());
+    let hint = String::from_utf8_lossy(&o.stderr);
+    assert!(hint.contains("cloudpipe-add-0=v1 carol "), "{hint}");
+    let conf = String::from_utf8(o.stdout).unwrap();
+    assert_eq!(value(&conf, "Address"), "10.0.0.254/32");
+    // The operator ran the printed command but forgot `publish --done`.
+    s.ok(&["client", "revoke", "net1", "carol"]);
+    let cmds = s.ok(&["publish", "net1"]);
+    assert!(
+        cmds.contains("openstack server unset --property cloudpipe-add-0 cloudpipe-net1"),
+        "{cmds}"
+    );
+    assert_eq!(
+        s.ok(&["publish", "net1", "--json"]).trim(),
+        "{}",
+        "nothing is wanted on the instance"
+    );
+    assert!(s.fails(&["client", "add", "net1", "d"]).contains("full"));
+    assert!(s
+        .fails(&["client", "show", "net1", "carol", "--config"])
+        .contains("revoked"));
+    s.ok(&["publish", "net1", "--done"]);
+    assert_eq!(s.ok(&["publish", "net1"]), "");
+    let conf = s.ok(&["client", "add", "net1", "d"]);
+    assert_eq!(value(&conf, "Address"), "10.0.0.254/32");
+}
+
+#[test]
+fn inspect_says_whether_the_payload_validates() {
+    let s = State::new("valid");
+    s.create(&[]);
+    s.ok(&["client", "add", "net1", "alice"]);
+    let p = s.0.join("p.guest");
+    s.ok(&["payload", "net1", "--output", p.to_str().unwrap()]);
+    let text = s.ok(&["payload", "inspect", p.to_str().unwrap()]);
+    let show = s.ok(&["network", "show", "net1"]);
+    let server_pub = show
+        .lines()
+        .find_map(|l| l.strip_prefix("public key:       "))
+        .unwrap();
+    assert!(
+        text.contains(&format!(
+            "valid: yes (1 clients; server public key {server_pub})"
+        )),
+        "{text}"
+    );
+
+    // A config that decodes but puts a peer outside the pool.
+    let server_key = std::fs::read_to_string(s.0.join("net1/server.key")).unwrap();
+    let json = format!(
+        r#"{{"version":1,"network":"n","cidr":"10.0.0.0/24","private_key":"{}",
+            "peers":[{{"name":"x","public_key":"{server_pub}","preshared_key":"{}","address":"10.0.0.9"}}]}}"#,
+        server_key.trim(),
+        server_key.trim()
+    );
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    w.start_file("cloudpipe.json", zip::write::SimpleFileOptions::default())
+        .unwrap();
+    w.write_all(json.as_bytes()).unwrap();
+    let bad = s.0.join("bad.zip");
+    std::fs::write(&bad, w.finish().unwrap().into_inner()).unwrap();
+    let o = s.run(&["payload", "inspect", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = String::from_utf8(o.stdout).unwrap();
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert!(out.contains("valid: no (peers[0]."), "{out}");
+    assert!(err.contains("not valid: peers[0]."), "{err}");
+    assert!(!out.contains(server_key.trim()) && !err.contains(server_key.trim()));
+    assert_eq!(out.matches("<redacted>").count(), 2, "{out}");
+}
+
+#[test]
+fn exit_status_is_2_for_usage_and_1_for_errors() {
+    let s = State::new("exit");
+    assert_eq!(s.run(&["network", "frobnicate"]).status.code(), Some(2));
+    assert_eq!(
+        s.run(&["client", "add", "net1"]).status.code(),
+        Some(2),
+        "missing NAME"
+    );
+    let o = s.run(&["network", "show", "nope"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "one-line error: {err}");
+    assert!(err.starts_with("cloudpipe: "), "{err}");
+}
+
+/// Private keys appear only in the client config that was asked for.
+#[test]
+fn secrets_stay_out_of_every_listing() {
+    let s = State::new("secrets");
+    s.create(&[]);
+    s.ok(&["payload", "net1"]);
+    let o = s.run(&["client", "add", "net1", "alice"]);
+    let conf = String::from_utf8(o.stdout).unwrap();
+    let hint = String::from_utf8(o.stderr).unwrap();
+    let server_key = std::fs::read_to_string(s.0.join("net1/server.key")).unwrap();
+    let secrets = [
+        server_key.trim().to_string(),
+        value(&conf, "PrivateKey").to_string(),
+        value(&conf, "PresharedKey").to_string(),
+    ];
+    let props = s.ok(&["publish", "net1", "--json"]);
+    let p = s.0.join("p");
+    s.ok(&["payload", "net1", "--output", p.to_str().unwrap()]);
+    // The published add carries the preshared key (the appliance needs it, as the
+    // payload does); never a private key.
+    for out in [&hint, &props] {
+        assert!(out.contains(&secrets[2]), "{out}");
+        assert!(
+            !out.contains(&secrets[0]) && !out.contains(&secrets[1]),
+            "{out}"
+        );
+    }
+    let outputs = [
+        s.ok(&["network", "show", "net1"]),
+        s.ok(&["network", "list"]),
+        s.ok(&["client", "list", "net1"]),
+        s.ok(&["client", "show", "net1", "alice"]),
+        s.ok(&["openstack", "net1"]),
+        s.ok(&["payload", "inspect", p.to_str().unwrap()]),
+    ];
+    for out in &outputs {
+        for secret in &secrets {
+            assert!(!out.contains(secret.as_str()), "secret in:\n{out}");
+        }
+    }
+    for f in [
+        "network.json",
+        "server.key",
+        "clients/alice.json",
+        "baseline.json",
+    ] {
+        assert_eq!(mode(&s.0.join("net1").join(f)), 0o600, "{f}");
+    }
+    assert_eq!(mode(&s.0.join("net1/clients")), 0o700);
+    assert_eq!(mode(&p), 0o600);
+}
+
+#[test]
+fn delete_leaves_nothing_behind() {
+    let s = State::new("del");
+    s.create(&[]);
+    s.ok(&["client", "add", "net1", "alice"]);
+    s.ok(&["network", "delete", "net1", "--yes"]);
+    let left: Vec<_> = std::fs::read_dir(&s.0)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != ".lock")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // The name is free again, with new keys.
+    s.create(&[]);
+    assert!(s.ok(&["client", "list", "net1"]).is_empty());
+}
