@@ -152,6 +152,102 @@ mod tests {
     }
 
     #[test]
+    fn optional_lines_follow_the_network() {
+        let mut c = sample();
+        c.dns.clear();
+        c.preshared_key = None;
+        c.mtu = Some(1380);
+        let text = c.render();
+        assert!(!text.contains("DNS"), "{text}");
+        assert!(!text.contains("PresharedKey"), "{text}");
+        assert!(text.contains("MTU = 1380\n"), "{text}");
+        let mut f = sample_file();
+        f.mtu = Some(1280);
+        f.routes = vec!["10.0.0.0/24".into()];
+        let net = Config::try_from(f).unwrap();
+        let c = ClientConfig::for_network(
+            &net,
+            "10.0.0.250".parse().unwrap(),
+            PrivateKey::from_bytes([5; 32]),
+            None,
+            "vpn:1194".into(),
+        );
+        assert_eq!(c.mtu, Some(1280));
+        assert_eq!(
+            c.allowed_ips,
+            vec!["10.0.0.0/24".parse::<Ipv4Network>().unwrap()],
+            "a route equal to the subnet is not repeated"
+        );
+        assert_eq!(c.server_public_key, net.private_key.public_key());
+    }
+
+    #[test]
+    fn rendered_sections_and_keys_come_in_wg_quick_order() {
+        let text = sample().render();
+        let keys: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| l.split(" = ").next().unwrap())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "[Interface]",
+                "Address",
+                "PrivateKey",
+                "DNS",
+                "[Peer]",
+                "PublicKey",
+                "PresharedKey",
+                "Endpoint",
+                "AllowedIPs",
+                "PersistentKeepalive"
+            ]
+        );
+    }
+
+    #[test]
+    fn strip_drops_every_wg_quick_key_and_only_in_interface() {
+        let conf = "\
+[Interface]
+Address = 10.0.0.2/32, fd00::2/128
+DNS = 10.0.0.1
+MTU = 1380
+Table = off
+PreUp = echo pre-up
+PostUp = iptables -A FORWARD -i %i -j ACCEPT
+PreDown = echo pre-down
+PostDown = iptables -D FORWARD -i %i -j ACCEPT
+SaveConfig = true
+  privatekey   =   abc
+ListenPort = 51820
+FwMark = 0x42
+
+[Peer]
+PublicKey = def # the server
+AllowedIPs = 0.0.0.0/0
+";
+        assert_eq!(
+            strip(conf),
+            "[Interface]\nprivatekey   =   abc\nListenPort = 51820\nFwMark = 0x42\n\
+             [Peer]\nPublicKey = def\nAllowedIPs = 0.0.0.0/0\n"
+        );
+        // Outside [Interface] the same names are left for wg to judge.
+        assert_eq!(strip("[Peer]\nDNS = x\n"), "[Peer]\nDNS = x\n");
+        // Section names and keys are matched without regard to case, as wg does.
+        assert_eq!(
+            strip("[interface]\naddress = 1\nMtu = 2\n"),
+            "[interface]\n"
+        );
+    }
+
+    #[test]
+    fn strip_is_idempotent() {
+        let once = strip(&sample().render());
+        assert_eq!(strip(&once), once);
+    }
+
+    #[test]
     fn strip_keeps_only_what_wg_setconf_takes() {
         let stripped = strip(&sample().render());
         for gone in ["Address", "DNS", "MTU"] {
