@@ -63,6 +63,16 @@ impl Mission {
         })
     }
 
+    /// A booted network with one client, alice, connected from `outside`; also
+    /// returns her config.
+    pub fn with_alice(create_args: &[&str]) -> Option<(Mission, WgClient, String)> {
+        let mut m = Mission::new(create_args)?;
+        let conf = m.add_client("alice");
+        m.boot();
+        let alice = m.connect(&m.lab.outside(), "alice", &conf);
+        Some((m, alice, conf))
+    }
+
     pub fn cli(&self, args: &[&str]) -> String {
         cloudpipe(&self.state, args)
     }

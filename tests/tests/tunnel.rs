@@ -20,14 +20,11 @@ const REVOKED_WITHIN: Duration = Duration::from_secs(10);
 
 #[test]
 fn stock_client_reaches_tenant_vm_both_ways_and_moves_200_mb() {
-    let Some(mut m) = Mission::new(&[]) else {
+    let Some((m, alice, conf)) = Mission::with_alice(&[]) else {
         return;
     };
-    let conf = m.add_client("alice");
     assert!(conf.contains("Endpoint = 203.0.113.10:1194"), "{conf}");
-    m.boot();
     let outside = m.lab.outside();
-    let alice = m.connect(&outside, "alice", &conf);
     let addr = "10.77.0.250";
     assert!(conf.contains(&format!("Address = {addr}/32")), "{conf}");
 
@@ -45,7 +42,10 @@ fn stock_client_reaches_tenant_vm_both_ways_and_moves_200_mb() {
     // answers for it with ICMP host unreachable instead of letting it time out.
     let o = m
         .lab
-        .output(&m.lab.cloudpipe(), &["ping", "-n", "-c", "1", "-W", "2", "10.77.0.253"])
+        .output(
+            &m.lab.cloudpipe(),
+            &["ping", "-n", "-c", "1", "-W", "2", "10.77.0.253"],
+        )
         .unwrap();
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -222,13 +222,10 @@ fn revocation_through_metadata_leaves_other_sessions_alone() {
 
 #[test]
 fn clients_reconnect_by_themselves_after_a_restart() {
-    let Some(mut m) = Mission::new(&[]) else {
+    let Some((mut m, _alice, _)) = Mission::with_alice(&[]) else {
         return;
     };
-    let a = m.add_client("alice");
-    m.boot();
     let outside = m.lab.outside();
-    let _alice = m.connect(&outside, "alice", &a);
     let exit = m
         .daemon
         .as_mut()
@@ -248,13 +245,10 @@ fn clients_reconnect_by_themselves_after_a_restart() {
 
 #[test]
 fn roaming_client_keeps_its_transfer() {
-    let Some(mut m) = Mission::new(&[]) else {
+    let Some((m, alice, _)) = Mission::with_alice(&[]) else {
         return;
     };
-    let a = m.add_client("alice");
-    m.boot();
     let outside = m.lab.outside();
-    let alice = m.connect(&outside, "alice", &a);
     iperf_server(&m.lab, 5203);
     let transfer = m
         .lab
@@ -283,14 +277,11 @@ fn roaming_client_keeps_its_transfer() {
 
 #[test]
 fn masquerade_mode_reaches_the_tenant_as_the_appliance() {
-    let Some(mut m) = Mission::new(&["--mode", "masquerade"]) else {
+    let Some((m, _alice, _)) = Mission::with_alice(&["--mode", "masquerade"]) else {
         return;
     };
-    let a = m.add_client("alice");
-    m.boot();
     spy_on(&m.lab, &["10.77.0.2", "10.77.0.250"]);
     let outside = m.lab.outside();
-    let _alice = m.connect(&outside, "alice", &a);
     assert!(ping_all(&m.lab, &outside, "10.77.0.10", 3));
     assert!(count_from(&m.lab, "10.77.0.2") >= 3);
     assert_eq!(count_from(&m.lab, "10.77.0.250"), 0);
