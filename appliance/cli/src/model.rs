@@ -248,3 +248,148 @@ impl Network {
         self.server_key.public_key()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cloudpipe_core::overlay::Overlay;
+
+    struct Temp(PathBuf);
+    impl Drop for Temp {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn key(b: u8) -> PrivateKey {
+        PrivateKey::from_bytes([b; 32])
+    }
+
+    fn client(b: u8, name: &str, last: u8, status: Status) -> ClientFile {
+        ClientFile {
+            name: name.into(),
+            address: Ipv4Addr::new(10, 0, 0, last),
+            public_key: key(b).public_key().to_base64(),
+            private_key: key(b).to_base64(),
+            preshared_key: PresharedKey::from_bytes([b; 32]).to_base64(),
+            status,
+        }
+    }
+
+    /// A stored network with clients a (.250, active), b (.251, revoked, address
+    /// held) and c (.252, revoked, released).
+    fn network(tag: &str) -> (Temp, Network) {
+        let root = std::env::temp_dir().join(format!("cp-model-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let dir = root.join("n");
+        let lock = state::lock_new_network(&dir).unwrap();
+        let file = NetworkFile {
+            name: "n".into(),
+            cidr: "10.0.0.0/24".into(),
+            gateway: Ipv4Addr::new(10, 0, 0, 1),
+            address: Ipv4Addr::new(10, 0, 0, 2),
+            pool: PoolFile {
+                first: Ipv4Addr::new(10, 0, 0, 250),
+                last: Ipv4Addr::new(10, 0, 0, 254),
+            },
+            routes: vec![],
+            dns: vec![],
+            mode: Mode::ProxyArp,
+            client_to_client: false,
+            mtu: 1420,
+            listen_port: 1194,
+            endpoint: None,
+        };
+        state::write_atomic(&server_key_path(&dir), key(1).to_base64().as_bytes(), 0o600).unwrap();
+        state::write_json(&dir.join("network.json"), &file, 0o600).unwrap();
+        let net = Network::load(dir.clone(), lock).unwrap();
+        for c in [
+            client(2, "a", 250, Status::Active),
+            client(3, "b", 251, Status::Revoked { released: false }),
+            client(4, "c", 252, Status::Revoked { released: true }),
+        ] {
+            net.save_client(&c).unwrap();
+        }
+        drop(net);
+        let net = Network::open(dir).unwrap();
+        (Temp(root), net)
+    }
+
+    #[test]
+    fn loads_what_was_saved_in_address_order() {
+        let (_t, net) = network("load");
+        let names: Vec<_> = net.clients.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert_eq!(net.server_public_key(), key(1).public_key());
+        assert_eq!(
+            net.client("b").unwrap().address,
+            Ipv4Addr::new(10, 0, 0, 251)
+        );
+        assert!(net
+            .client("z")
+            .unwrap_err()
+            .to_string()
+            .contains("no client"));
+    }
+
+    #[test]
+    fn held_addresses_are_in_use_and_only_active_clients_are_peers() {
+        let (_t, net) = network("used");
+        let used: Vec<_> = net.used_addresses().into_iter().collect();
+        assert_eq!(
+            used,
+            [Ipv4Addr::new(10, 0, 0, 250), Ipv4Addr::new(10, 0, 0, 251)]
+        );
+        let config = net.config().unwrap();
+        assert_eq!(config.peers.len(), 1);
+        assert_eq!(config.peers[0].name, "a");
+        assert_eq!(
+            config.pool.next_free(&net.used_addresses()),
+            Some(Ipv4Addr::new(10, 0, 0, 252))
+        );
+    }
+
+    #[test]
+    fn desired_properties_are_the_overlay_since_the_baseline() {
+        let (_t, net) = network("props");
+        assert!(net.desired_properties().unwrap().is_empty(), "no baseline");
+        // Booted with a and b; b is revoked since, d added since.
+        let booted = vec![
+            net.client("a").unwrap().peer().unwrap(),
+            net.client("b").unwrap().peer().unwrap(),
+        ];
+        net.set_baseline(&booted).unwrap();
+        net.save_client(&client(5, "d", 253, Status::Active))
+            .unwrap();
+        let dir = net.dir.clone();
+        drop(net);
+        let net = Network::open(dir).unwrap();
+        let props = net.desired_properties().unwrap();
+        let back =
+            Overlay::from_properties(props.iter().map(|(k, v)| (k.as_str(), v.as_str()))).unwrap();
+        assert_eq!(
+            back.added
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>(),
+            ["d"]
+        );
+        assert_eq!(
+            back.revoked.into_iter().collect::<Vec<_>>(),
+            [key(3).public_key()]
+        );
+    }
+
+    #[test]
+    fn secrets_are_stored_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_t, net) = network("modes");
+        for f in ["server.key", "network.json", "clients/a.json"] {
+            let m = std::fs::metadata(net.dir.join(f))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(m & 0o777, 0o600, "{f}");
+        }
+    }
+}

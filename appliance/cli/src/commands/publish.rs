@@ -38,6 +38,15 @@ pub fn run(state: &StateDir, args: PublishArgs) -> Result<()> {
         eprintln!("recorded as published; {released} revoked address(es) returned to the pool");
         return Ok(());
     }
+    if net.baseline()?.is_none() {
+        eprintln!(
+            "nothing to publish: no payload was printed for {} yet, so no appliance runs; \
+             its clients go into the payload itself (`cloudpipe payload {}`)",
+            net.name(),
+            net.name()
+        );
+        return Ok(());
+    }
     let commands = record_commands(&net)?;
     if commands.is_empty() {
         eprintln!("nothing to publish: the instance's properties are up to date");
