@@ -417,7 +417,93 @@ fn import_nova_payload() {
         show.contains("10.10.0.0/16") && show.contains("client-to-client: on"),
         "{show}"
     );
+    // The imported network works like any other: a client routes the DMZ too, and
+    // its payload is a cloudpipe v1 one.
+    let conf = s.ok(&["client", "add", "old", "alice"]);
+    assert_eq!(value(&conf, "Address"), "10.0.0.248/32");
+    assert_eq!(value(&conf, "AllowedIPs"), "10.0.0.0/24, 10.10.0.0/16");
+    let p = s.0.join("old.guest");
+    s.ok(&["payload", "old", "--output", p.to_str().unwrap()]);
+    assert!(s
+        .ok(&["payload", "inspect", p.to_str().unwrap()])
+        .contains("valid: yes (1 clients"));
+    let e = s.fails(&[
+        "network",
+        "import-nova",
+        "again",
+        "--cidr",
+        "10.0.0.0/24",
+        p.to_str().unwrap(),
+    ]);
+    assert!(e.contains("already a cloudpipe v1 payload"), "{e}");
     std::fs::remove_file(f).unwrap();
+}
+
+/// Nova's API form (base64 twice) of Nova's own bootscript, read from standard input.
+#[test]
+fn import_nova_api_encoding_from_stdin() {
+    use base64::Engine as _;
+    // As rendered from bootscript.template with num_vpn=5, dmz 10.10.0.0/16
+    // (the NOVA_AUTORUN of cloudpipe-core's payload tests).
+    let autorun = r#"#!/bin/sh
+export LC_ALL=C
+export VPN_IP=`ifconfig  | grep 'inet addr:'| grep -v '127.0.0.1' | cut -d: -f2 | awk '{print $1}'`
+export BROADCAST=`ifconfig  | grep 'inet addr:'| grep -v '127.0.0.1' | cut -d: -f3 | awk '{print $1}'`
+DHCP_LOWER=`echo $BROADCAST | awk -F. '{print $1"."$2"."$3"." $4 - 5 }'`
+DHCP_UPPER=`echo $BROADCAST | awk -F. '{print $1"."$2"."$3"." $4 - 1 }'`
+echo "push \"route 10.10.0.0 255.255.0.0 $GATEWAY\"" >> server.conf
+echo "duplicate-cn" >> server.conf
+echo "client-to-client" >> server.conf
+/etc/init.d/openvpn start
+"#;
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let deflated = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    for (name, data) in [
+        ("autorun.sh", autorun.as_bytes()),
+        ("crl.pem", b"crl"),
+        ("server.key", b"key"),
+        ("ca.crt", b"ca"),
+        ("server.crt", b"crt"),
+    ] {
+        w.start_file(name, deflated).unwrap();
+        w.write_all(data).unwrap();
+    }
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let nova = b64.encode(b64.encode(w.finish().unwrap().into_inner()));
+    let s = State::new("novastdin");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cloudpipe"))
+        .arg("--state-dir")
+        .arg(&s.0)
+        .args([
+            "network",
+            "import-nova",
+            "old",
+            "--cidr",
+            "10.1.2.0/24",
+            "-",
+        ])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(nova.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let show = s.ok(&["network", "show", "old"]);
+    for needle in [
+        "subnet:           10.1.2.0/24",
+        "pool:             10.1.2.250-10.1.2.254 (5 addresses)",
+        "client routes:    10.1.2.0/24, 10.10.0.0/16",
+        "client-to-client: on",
+    ] {
+        assert!(show.contains(needle), "{needle} missing:\n{show}");
+    }
 }
 
 #[test]
