@@ -892,3 +892,25 @@ fn delete_leaves_nothing_behind() {
     s.create(&[]);
     assert!(s.ok(&["client", "list", "net1"]).is_empty());
 }
+
+/// Nova allows 128 metadata items: the 129th client added after boot is stored
+/// (it goes into the next payload) with a warning, and `publish` refuses clearly.
+#[test]
+fn overlay_beyond_novas_metadata_quota_is_a_warning_then_an_error() {
+    let s = State::new("quota");
+    s.create(&["--clients", "200"]);
+    s.ok(&["payload", "net1"]);
+    for i in 0..128 {
+        s.ok(&["client", "add", "net1", &format!("c{i}")]);
+    }
+    let o = s.run(&["client", "add", "net1", "c128"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("warning") && err.contains("128"), "{err}");
+    assert!(value(&String::from_utf8_lossy(&o.stdout), "Address").ends_with("/32"));
+    let e = s.fails(&["publish", "net1"]);
+    assert!(e.contains("more than Nova's 128"), "{e}");
+    // A new payload carries every client: nothing is left to publish.
+    s.ok(&["payload", "net1"]);
+    assert_eq!(s.ok(&["publish", "net1", "--json"]).trim(), "{}");
+}

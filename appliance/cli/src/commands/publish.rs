@@ -137,7 +137,15 @@ pub fn hint(net: &Network) -> Result<()> {
     if net.baseline()?.is_none() {
         return Ok(());
     }
-    let cmds = record_commands(net)?;
+    // The change itself is stored already: a change that cannot be published (too
+    // many properties) is a warning here, and an error from `cloudpipe publish`.
+    let cmds = match record_commands(net) {
+        Ok(cmds) => cmds,
+        Err(e) => {
+            eprintln!("warning: the running appliance cannot get this change as properties: {e:#}");
+            return Ok(());
+        }
+    };
     if cmds.is_empty() {
         eprintln!(
             "nothing to publish; run `cloudpipe publish {} --done` to return revoked addresses to the pool",
