@@ -28,17 +28,22 @@ fn grid(code: &QrCode) -> (usize, Vec<bool>) {
     (size, g)
 }
 
-/// The config as a QR code in the terminal (dark modules drawn light-on-dark
-/// terminals read fine: scanners accept both).
+/// Colours of each line, as `qrencode -t ansiutf8` sets them: white blocks on
+/// black, whatever the terminal's own theme, so the code always has the polarity
+/// scanners expect (the mobile apps' scanners do not all read inverted codes).
+const LINE_START: &str = "\x1b[40;97m";
+const LINE_END: &str = "\x1b[0m";
+
+/// The config as a QR code in the terminal.
 pub fn terminal(text: &str) -> Result<String> {
     let (size, g) = grid(&code(text)?);
     let mut out = String::new();
     for y in (0..size).step_by(2) {
+        out.push_str(LINE_START);
         for x in 0..size {
             let top = g[y * size + x];
             let bottom = y + 1 < size && g[(y + 1) * size + x];
-            // Light modules are drawn, dark ones left blank: on a dark terminal the
-            // code appears with the usual polarity.
+            // Light modules are drawn in white, dark ones left black.
             out.push(match (!top, !bottom) {
                 (true, true) => '█',
                 (true, false) => '▀',
@@ -46,6 +51,7 @@ pub fn terminal(text: &str) -> Result<String> {
                 (false, false) => ' ',
             });
         }
+        out.push_str(LINE_END);
         out.push('\n');
     }
     Ok(out)
@@ -80,10 +86,109 @@ mod tests {
     #[test]
     fn terminal_code_is_square_with_quiet_zone() {
         let t = terminal("[Interface]\nPrivateKey = x\n").unwrap();
-        let lines: Vec<&str> = t.lines().collect();
+        let lines: Vec<&str> = t
+            .lines()
+            .map(|l| {
+                l.strip_prefix(LINE_START)
+                    .and_then(|l| l.strip_suffix(LINE_END))
+                    .expect("every line sets and resets its colours")
+            })
+            .collect();
         let width = lines[0].chars().count();
         assert_eq!(lines.len(), width.div_ceil(2));
         assert!(lines[0].chars().all(|c| c == '█'), "quiet zone is light");
+    }
+
+    /// The drawn code decodes to the modules it came from: every character cell
+    /// holds the two modules above each other.
+    #[test]
+    fn terminal_cells_match_the_modules() {
+        let text = "[Peer]\nEndpoint = vpn:1194\n";
+        let (size, g) = grid(&code(text).unwrap());
+        let t = terminal(text).unwrap();
+        for (row, line) in t.lines().enumerate() {
+            let cells = line
+                .strip_prefix(LINE_START)
+                .and_then(|l| l.strip_suffix(LINE_END))
+                .unwrap();
+            for (x, c) in cells.chars().enumerate() {
+                let (y0, y1) = (2 * row, 2 * row + 1);
+                let light_top = !g[y0 * size + x];
+                // Past the last row is quiet zone: light.
+                let light_bottom = y1 >= size || !g[y1 * size + x];
+                let want = match (light_top, light_bottom) {
+                    (true, true) => '█',
+                    (true, false) => '▀',
+                    (false, true) => '▄',
+                    (false, false) => ' ',
+                };
+                assert_eq!(c, want, "cell ({x}, {row})");
+            }
+        }
+    }
+
+    /// Read a QR code back out of a grey image, as a phone's scanner would.
+    fn scan(width: usize, height: usize, pixel: impl Fn(usize, usize) -> u8) -> String {
+        let mut img = rqrr::PreparedImage::prepare_from_greyscale(width, height, pixel);
+        let grids = img.detect_grids();
+        assert_eq!(grids.len(), 1, "one QR code in the image");
+        grids[0].decode().expect("the QR code decodes").1
+    }
+
+    const CONFIG: &str = "[Interface]\nAddress = 10.0.0.250/32\n\
+        PrivateKey = yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=\n\n[Peer]\n\
+        PublicKey = xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\n\
+        PresharedKey = xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\n\
+        Endpoint = 198.51.100.7:1194\nAllowedIPs = 10.0.0.0/24, 192.168.50.0/24\n\
+        PersistentKeepalive = 25\n";
+
+    #[test]
+    fn png_scans_back_to_the_config() {
+        let p = std::env::temp_dir().join(format!("cp-qr-scan-{}.png", std::process::id()));
+        png(CONFIG, &p).unwrap();
+        let decoder =
+            ::png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&p).unwrap()));
+        let mut reader = decoder.read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        assert_eq!(info.color_type, ::png::ColorType::Grayscale);
+        let (w, h) = (info.width as usize, info.height as usize);
+        assert_eq!(scan(w, h, |x, y| buf[y * w + x]), CONFIG);
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn terminal_code_scans_back_to_the_config() {
+        // Render the characters as pixels: each cell is one module wide and two
+        // high, upper and lower half; drawn (white) is light.
+        let t = terminal(CONFIG).unwrap();
+        let rows: Vec<Vec<char>> = t
+            .lines()
+            .map(|l| {
+                l.strip_prefix(LINE_START)
+                    .unwrap()
+                    .strip_suffix(LINE_END)
+                    .unwrap()
+                    .chars()
+                    .collect()
+            })
+            .collect();
+        let (w, h) = (rows[0].len(), rows.len() * 2);
+        const SCALE: usize = 4;
+        let light = |x: usize, y: usize| match rows[y / 2][x] {
+            '█' => true,
+            '▀' => y % 2 == 0,
+            '▄' => y % 2 == 1,
+            _ => false,
+        };
+        let text = scan(w * SCALE, h * SCALE, |x, y| {
+            if light(x / SCALE, y / SCALE) {
+                255
+            } else {
+                0
+            }
+        });
+        assert_eq!(text, CONFIG);
     }
 
     #[test]
