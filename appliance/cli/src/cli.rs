@@ -11,7 +11,13 @@ use std::path::PathBuf;
     long_about = "Create a tenant network's cloudpipe (the VPN appliance VM), manage its clients \
                   (standard WireGuard configs, QR codes), build the boot payload for \
                   `openstack server create --user-data`, and print the Neutron commands that \
-                  launch it. State lives in a state directory, one folder per network."
+                  launch it. State lives in a state directory, one folder per network.",
+    after_long_help = "A first network:\n  \
+        cloudpipe network create demo --cidr 10.0.0.0/24 --endpoint 203.0.113.10\n  \
+        cloudpipe client add demo alice --output alice.conf\n  \
+        cloudpipe openstack demo          # the commands that launch the appliance\n\n\
+        Exit status: 0 on success, 1 on an error (one line on standard error), 2 on a \
+        usage error."
 )]
 pub struct Cli {
     /// State directory (one folder per network; secrets inside are mode 0600).
@@ -84,8 +90,11 @@ pub struct NetworkOptions {
 
 #[derive(Subcommand, Debug)]
 pub enum NetworkCmd {
-    /// Create a network's cloudpipe: server key, client pool, routes.
+    /// Create a network's cloudpipe: server key, client pool, routes. The whole
+    /// configuration is checked as the appliance will check it before anything is
+    /// written; an existing name is refused.
     Create {
+        /// The network's name: 1-32 of A-Z a-z 0-9 . _ - (not starting with . or -).
         name: String,
         #[command(flatten)]
         opts: NetworkOptions,
@@ -93,6 +102,7 @@ pub enum NetworkCmd {
     /// Create a network equivalent to a Nova cloudpipe payload (any encoding): its
     /// client count becomes the pool size, its DMZ route a pushed route.
     ImportNova {
+        /// The new network's name.
         name: String,
         /// Tenant subnet (Nova's payload does not carry it).
         #[arg(long)]
@@ -103,14 +113,23 @@ pub enum NetworkCmd {
         /// The Nova payload file (any encoding), or - for standard input.
         file: PathBuf,
     },
-    /// List networks.
+    /// List networks: name, subnet, appliance address, clients, endpoint.
     List,
     /// Show a network's tunnel details (never private keys).
-    Show { name: String },
-    /// Set where clients connect (HOST[:PORT]).
-    SetEndpoint { name: String, endpoint: String },
+    Show {
+        /// The network.
+        name: String,
+    },
+    /// Set where clients connect: the floating IP or a name, HOST[:PORT].
+    SetEndpoint {
+        /// The network.
+        name: String,
+        /// HOST[:PORT]; the port defaults to the network's listen port.
+        endpoint: String,
+    },
     /// Delete a network and every key it holds.
     Delete {
+        /// The network.
         name: String,
         /// Really delete.
         #[arg(long)]
@@ -124,30 +143,45 @@ pub enum ClientCmd {
     /// standard output. The client's keys are kept (mode 0600) so `client show
     /// --config` can print the config again.
     Add {
+        /// The network (see `cloudpipe network list`).
         network: String,
+        /// The client's name: 1-32 of A-Z a-z 0-9 . _ - (not starting with . or -).
         name: String,
         /// Write the config to FILE (mode 0600) instead of standard output.
-        #[arg(long)]
+        #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
-        /// Print the config as a QR code in the terminal (for the mobile apps).
+        /// Print the config as a QR code in the terminal (for the mobile apps)
+        /// instead of as text.
         #[arg(long)]
         qr: bool,
-        /// Write the config as a QR code PNG.
-        #[arg(long)]
+        /// Write the config as a QR code PNG (mode 0600: it holds the private key).
+        #[arg(long, value_name = "FILE")]
         qr_png: Option<PathBuf>,
     },
-    /// List a network's clients.
-    List { network: String },
+    /// List a network's clients: name, address, public key, status.
+    List {
+        /// The network.
+        network: String,
+    },
     /// Show a client; --config prints its wg-quick config again.
     Show {
+        /// The network.
         network: String,
+        /// The client.
         name: String,
+        /// Print the client's wg-quick config (with its private key) instead.
         #[arg(long)]
         config: bool,
     },
-    /// Revoke a client. Its address returns to the pool once the revocation is
-    /// published (`cloudpipe publish NETWORK --done`).
-    Revoke { network: String, name: String },
+    /// Revoke a client. Once a payload was printed, its address returns to the pool
+    /// only when the revocation is published (`cloudpipe publish NETWORK --done`);
+    /// before that, at once.
+    Revoke {
+        /// The network.
+        network: String,
+        /// The client.
+        name: String,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -162,14 +196,17 @@ pub struct PayloadArgs {
     /// zip: the raw zip (config drive; needs --output).
     #[arg(long, default_value = "guest")]
     pub encoding: cloudpipe_core::payload::Encoding,
-    /// Write to FILE instead of standard output.
-    #[arg(long)]
+    /// Write to FILE (mode 0600: the payload holds the server's private key)
+    /// instead of standard output.
+    #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum PayloadCmd {
-    /// Decode a payload in any encoding and print it with secrets redacted.
+    /// Decode a payload in any encoding and print it with secrets redacted, and
+    /// whether it validates (exit status 1 if not, naming the field). A Nova
+    /// payload prints what was found and how to import it.
     Inspect {
         /// The payload file, or - for standard input.
         file: PathBuf,
@@ -178,6 +215,7 @@ pub enum PayloadCmd {
 
 #[derive(Args, Debug)]
 pub struct PublishArgs {
+    /// The network.
     pub network: String,
     /// Record that the printed commands were run: revoked clients' addresses return
     /// to the pool (before a payload was printed, revocation frees them at once).
@@ -190,6 +228,7 @@ pub struct PublishArgs {
 
 #[derive(Args, Debug)]
 pub struct OpenstackArgs {
+    /// The network.
     pub network: String,
     /// Image with cloudpiped baked in.
     #[arg(long, default_value = "cloudpipe")]

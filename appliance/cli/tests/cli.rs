@@ -914,3 +914,17 @@ fn overlay_beyond_novas_metadata_quota_is_a_warning_then_an_error() {
     s.ok(&["payload", "net1"]);
     assert_eq!(s.ok(&["publish", "net1", "--json"]).trim(), "{}");
 }
+
+#[test]
+fn list_shows_the_readable_networks_when_one_is_damaged() {
+    let s = State::new("damaged");
+    s.create(&[]);
+    s.ok(&["network", "create", "net2", "--cidr", "10.0.1.0/24"]);
+    std::fs::write(s.0.join("net1/network.json"), b"{ half").unwrap();
+    let o = s.run(&["network", "list"]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = String::from_utf8(o.stdout).unwrap();
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert!(out.starts_with("net2\t10.0.1.0/24"), "{out}");
+    assert!(err.contains("network net1: parsing"), "{err}");
+}

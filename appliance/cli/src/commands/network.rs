@@ -56,20 +56,33 @@ pub fn run(state: &StateDir, cmd: NetworkCmd) -> Result<()> {
         }
         NetworkCmd::List => {
             let _lock = state.lock()?;
+            // One unreadable network does not hide the others.
+            let mut unreadable = 0;
             for name in state.networks()? {
-                let net = Network::open(state.network_dir(&name))?;
-                let active = net
-                    .clients
-                    .iter()
-                    .filter(|c| c.status == Status::Active)
-                    .count();
-                println!(
-                    "{name}\t{}\t{}\t{active}/{} clients\t{}",
-                    net.file.cidr,
-                    net.file.address,
-                    net.config()?.pool.len(),
-                    net.file.endpoint.as_deref().unwrap_or("(no endpoint)")
-                );
+                let line = Network::open(state.network_dir(&name)).and_then(|net| {
+                    let active = net
+                        .clients
+                        .iter()
+                        .filter(|c| c.status == Status::Active)
+                        .count();
+                    Ok(format!(
+                        "{name}\t{}\t{}\t{active}/{} clients\t{}",
+                        net.file.cidr,
+                        net.file.address,
+                        net.config()?.pool.len(),
+                        net.file.endpoint.as_deref().unwrap_or("(no endpoint)")
+                    ))
+                });
+                match line {
+                    Ok(line) => println!("{line}"),
+                    Err(e) => {
+                        eprintln!("cloudpipe: network {name}: {e:#}");
+                        unreadable += 1;
+                    }
+                }
+            }
+            if unreadable > 0 {
+                bail!("{unreadable} network(s) could not be read");
             }
             Ok(())
         }
