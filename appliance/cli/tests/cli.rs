@@ -542,15 +542,35 @@ fn openstack_commands_cover_port_security_and_floating_ip() {
         "ip-address=10.0.0.2",
         "--allowed-address ip-address=10.0.0.250/31",
         "--allowed-address ip-address=10.0.0.254/32",
-        "openstack floating ip create public --port cloudpipe-net1",
+        "openstack floating ip create public --floating-ip-address 198.51.100.7 --port cloudpipe-net1",
+        "--subnet-range 10.0.0.0/24",
         "--user-data cloudpipe-net1.user-data",
         "cloudpipe payload net1 --encoding guest",
     ] {
         assert!(out.contains(needle), "{needle} missing:\n{out}");
     }
     let s = State::new("os2");
-    s.create(&["--mode", "masquerade"]);
-    assert!(!s.ok(&["openstack", "net1"]).contains("--allowed-address"));
+    s.ok(&[
+        "network",
+        "create",
+        "net1",
+        "--cidr",
+        "10.0.0.0/24",
+        "--mode",
+        "masquerade",
+        "--port",
+        "51820",
+    ]);
+    let out = s.ok(&["openstack", "net1", "--network-id", "tenant-net"]);
+    assert!(!out.contains("--allowed-address"), "{out}");
+    for needle in [
+        "--protocol udp --dst-port 51820",
+        "--network tenant-net",
+        "openstack floating ip create public --port cloudpipe-net1",
+        "cloudpipe network set-endpoint net1 FLOATING_IP:51820",
+    ] {
+        assert!(out.contains(needle), "{needle} missing:\n{out}");
+    }
 }
 
 /// A wireguard-go interface in a network namespace of our own, torn down on drop
@@ -927,4 +947,25 @@ fn list_shows_the_readable_networks_when_one_is_damaged() {
     let err = String::from_utf8(o.stderr).unwrap();
     assert!(out.starts_with("net2\t10.0.1.0/24"), "{out}");
     assert!(err.contains("network net1: parsing"), "{err}");
+}
+
+#[test]
+fn a_failed_output_keeps_the_client_and_says_how_to_get_the_config() {
+    let s = State::new("outfail");
+    s.create(&[]);
+    let bad = s.0.join("no/such/dir/alice.conf");
+    let e = s.fails(&[
+        "client",
+        "add",
+        "net1",
+        "alice",
+        "--output",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(
+        e.contains("client show net1 alice --config") && e.contains("10.0.0.250"),
+        "{e}"
+    );
+    let conf = s.ok(&["client", "show", "net1", "alice", "--config"]);
+    assert_eq!(value(&conf, "Address"), "10.0.0.250/32");
 }

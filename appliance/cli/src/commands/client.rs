@@ -53,7 +53,12 @@ pub fn run(state: &StateDir, cmd: ClientCmd) -> Result<()> {
             let text =
                 ClientConfig::for_network(&config, address, key, Some(psk), endpoint).render();
             net.clients.push(client);
-            emit(&text, output.as_deref(), want_qr, qr_png.as_deref())?;
+            emit(&text, output.as_deref(), want_qr, qr_png.as_deref()).with_context(|| {
+                format!(
+                    "client {name} was added with address {address}; print its config again with \
+                     `cloudpipe client show {network} {name} --config`"
+                )
+            })?;
             eprintln!("added client {name} with address {address}");
             publish::hint(&net)
         }

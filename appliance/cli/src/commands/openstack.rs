@@ -35,9 +35,10 @@ pub fn run(state: &StateDir, args: OpenstackArgs) -> Result<()> {
     println!("openstack security group rule create --ingress --protocol icmp {sg}");
     println!("# 3. The appliance's port, with the fixed address {} (Neutron's DHCP port may hold it: check first).", config.address);
     let mut port_cmd = format!(
-        "openstack port create --network {} --fixed-ip subnet=$(openstack subnet list --network {} -f value -c ID | head -n1),ip-address={} --security-group {sg}",
+        "openstack port create --network {} --fixed-ip subnet=$(openstack subnet list --network {} --subnet-range {} -f value -c ID),ip-address={} --security-group {sg}",
         sh(&neutron_net),
         sh(&neutron_net),
+        config.subnet,
         config.address
     );
     match config.mode {
@@ -50,21 +51,44 @@ pub fn run(state: &StateDir, args: OpenstackArgs) -> Result<()> {
         Mode::Masquerade => println!("#    Masquerade: clients leave with the appliance's address; no allowed-address-pairs needed."),
     }
     println!("{port_cmd} {port}");
+    // An endpoint that is already an address asks for that floating IP.
+    let endpoint_ip = net
+        .file
+        .endpoint
+        .as_deref()
+        .and_then(|e| e.rsplit_once(':'))
+        .and_then(|(host, _)| host.parse::<std::net::Ipv4Addr>().ok());
     println!("# 4. The public address clients connect to.");
-    println!(
-        "openstack floating ip create {} --port {port}",
-        sh(&args.external_network)
-    );
+    match endpoint_ip {
+        Some(ip) => println!(
+            "openstack floating ip create {} --floating-ip-address {ip} --port {port}",
+            sh(&args.external_network)
+        ),
+        None => println!(
+            "openstack floating ip create {} --port {port}",
+            sh(&args.external_network)
+        ),
+    }
     println!("# 5. The appliance VM.");
     println!(
         "openstack server create --image {} --flavor {} --port {port} --user-data {user_data} --wait {server}",
         sh(&args.image),
         sh(&args.flavor)
     );
-    println!("# 6. Tell clients where to connect (the floating IP from step 4):");
-    println!(
-        "cloudpipe network set-endpoint {name} FLOATING_IP:{}",
-        config.listen_port
-    );
+    match &net.file.endpoint {
+        Some(e) if endpoint_ip.is_some() => {
+            println!("# Clients connect to {e}, the floating IP of step 4.")
+        }
+        Some(e) => {
+            println!("# Clients connect to {e}: point that name at the floating IP of step 4.")
+        }
+        None => {
+            println!("# 6. Tell clients where to connect (the floating IP from step 4):");
+            println!(
+                "cloudpipe network set-endpoint {name} FLOATING_IP:{}",
+                config.listen_port
+            );
+        }
+    }
     Ok(())
 }
