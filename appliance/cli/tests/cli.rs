@@ -969,3 +969,55 @@ fn a_failed_output_keeps_the_client_and_says_how_to_get_the_config() {
     let conf = s.ok(&["client", "show", "net1", "alice", "--config"]);
     assert_eq!(value(&conf, "Address"), "10.0.0.250/32");
 }
+
+/// What a crash can leave behind (a network folder without network.json, temp
+/// files, a folder half deleted) is never taken for state.
+#[test]
+fn crash_leftovers_are_ignored() {
+    let s = State::new("crash");
+    std::fs::create_dir_all(s.0.join("net1")).unwrap();
+    std::fs::write(s.0.join("net1/server.key"), b"garbage\n").unwrap();
+    std::fs::create_dir_all(s.0.join(".deleted.old.42")).unwrap();
+    std::fs::write(s.0.join(".deleted.old.42/network.json"), b"{}").unwrap();
+    assert_eq!(s.ok(&["network", "list"]), "");
+    assert!(s.fails(&["client", "list", "net1"]).contains("no network"));
+    s.create(&[]);
+    std::fs::create_dir_all(s.0.join("net1/clients")).unwrap();
+    std::fs::write(s.0.join("net1/clients/.alice.json.tmp.999"), b"{ half").unwrap();
+    let conf = s.ok(&["client", "add", "net1", "alice"]);
+    assert_eq!(value(&conf, "Address"), "10.0.0.250/32");
+    assert!(s.ok(&["network", "list"]).starts_with("net1\t"));
+}
+
+#[test]
+fn concurrent_creates_of_one_name_make_one_network() {
+    let s = State::new("race-create");
+    std::fs::create_dir_all(&s.0).unwrap();
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_cloudpipe"))
+                .arg("--state-dir")
+                .arg(&s.0)
+                .args(["network", "create", "net1", "--cidr", "10.0.0.0/24"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut ok = 0;
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        if o.status.success() {
+            ok += 1;
+        } else {
+            let e = String::from_utf8_lossy(&o.stderr);
+            assert!(e.contains("already exists"), "{e}");
+        }
+    }
+    assert_eq!(ok, 1);
+    // The surviving server key is the one the network shows.
+    let key = std::fs::read_to_string(s.0.join("net1/server.key")).unwrap();
+    assert!(key.trim().len() == 44);
+    s.ok(&["network", "show", "net1"]);
+}
