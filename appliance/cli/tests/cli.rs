@@ -148,6 +148,32 @@ fn bad_network_options_are_clear_errors() {
         "h:0",
     ]);
     assert!(e.contains("port"), "{e}");
+    for (flag, value, want) in [
+        ("--port", "0", "--port: must not be 0"),
+        ("--mtu", "100", "--mtu: 100 is outside"),
+        (
+            "--route",
+            "10.9.0.1/16",
+            "--route[0]: \"10.9.0.1/16\" has host bits set",
+        ),
+        (
+            "--address",
+            "10.0.1.2",
+            "--address: 10.0.1.2 is outside 10.0.0.0/24",
+        ),
+    ] {
+        let e = s.fails(&[
+            "network",
+            "create",
+            "n",
+            "--cidr",
+            "10.0.0.0/24",
+            flag,
+            value,
+        ]);
+        assert!(e.contains(want), "{flag} {value}: {e}");
+    }
+    assert!(s.ok(&["network", "list"]).is_empty(), "nothing was created");
 }
 
 #[test]
@@ -213,6 +239,12 @@ fn client_add_without_endpoint_says_how_to_set_it() {
     s.ok(&["network", "set-endpoint", "net1", "vpn.example.org"]);
     let conf = s.ok(&["client", "add", "net1", "alice"]);
     assert_eq!(value(&conf, "Endpoint"), "vpn.example.org:1194");
+    let o = s.run(&["network", "set-endpoint", "net1", "[2001:db8::7]:51820"]);
+    assert!(o.status.success());
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert!(said.contains("old endpoint"), "{said}");
+    let conf = s.ok(&["client", "show", "net1", "alice", "--config"]);
+    assert_eq!(value(&conf, "Endpoint"), "[2001:db8::7]:51820");
 }
 
 #[test]

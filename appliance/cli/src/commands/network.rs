@@ -6,7 +6,7 @@ use crate::cli::{NetworkCmd, NetworkOptions};
 use crate::model::{build_config, server_key_path, Network, NetworkFile, Status};
 use crate::state::{self, StateDir};
 use anyhow::{bail, Context, Result};
-use cloudpipe_core::config::{check_name, parse_cidr, Mode};
+use cloudpipe_core::config::{check_name, parse_cidr, ConfigError, Mode};
 use cloudpipe_core::keys::PrivateKey;
 use cloudpipe_core::payload::{self, Payload};
 use cloudpipe_core::pool::Pool;
@@ -89,8 +89,18 @@ pub fn run(state: &StateDir, cmd: NetworkCmd) -> Result<()> {
         NetworkCmd::Show { name } => show(&open(state, &name)?),
         NetworkCmd::SetEndpoint { name, endpoint } => {
             let mut net = open(state, &name)?;
-            net.file.endpoint = Some(normalize_endpoint(&endpoint, net.file.listen_port)?);
-            state::write_json(&net.dir.join("network.json"), &net.file, 0o600)
+            let endpoint = normalize_endpoint(&endpoint, net.file.listen_port)?;
+            let old = net.file.endpoint.replace(endpoint.clone());
+            state::write_json(&net.dir.join("network.json"), &net.file, 0o600)?;
+            eprintln!("clients of {name} connect to {endpoint}");
+            let active = net.clients.iter().filter(|c| c.status == Status::Active);
+            if old.is_some_and(|o| o != endpoint) && active.count() > 0 {
+                eprintln!(
+                    "existing clients' configs name the old endpoint: give them new ones \
+                     (`cloudpipe client show {name} NAME --config`)"
+                );
+            }
+            Ok(())
         }
         NetworkCmd::Delete { name, yes } => {
             check_name(&name).map_err(|r| anyhow::anyhow!("network name {name:?}: {r}"))?;
@@ -106,6 +116,18 @@ pub fn run(state: &StateDir, cmd: NetworkCmd) -> Result<()> {
             eprintln!("deleted network {name} and its keys");
             Ok(())
         }
+    }
+}
+
+/// The command-line option behind a configuration field, for error messages.
+fn flag_of(field: &str) -> String {
+    let base = field.split('[').next().unwrap_or(field);
+    match base {
+        "network" => "network name".into(),
+        "listen_port" => "--port".into(),
+        "routes" => format!("--route{}", &field[base.len()..]),
+        "cidr" | "gateway" | "address" | "mtu" | "dns" | "pool" | "mode" => format!("--{base}"),
+        _ => field.to_string(),
     }
 }
 
@@ -178,7 +200,10 @@ fn create(state: &StateDir, name: &str, o: &NetworkOptions) -> Result<()> {
     let key = PrivateKey::generate(&mut rand_core::OsRng);
     // The whole configuration the payload will carry is checked before anything is
     // written.
-    build_config(&file, &key, &[])?;
+    build_config(&file, &key, &[]).map_err(|e| match e.downcast_ref::<ConfigError>() {
+        Some(c) => anyhow::anyhow!("{}: {}", flag_of(&c.field), c.reason),
+        None => e,
+    })?;
 
     let _global = state.lock()?;
     let dir = state.network_dir(name);
@@ -266,6 +291,15 @@ pub fn status_text(s: Status) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_fields_are_named_as_options() {
+        assert_eq!(flag_of("listen_port"), "--port");
+        assert_eq!(flag_of("routes[1]"), "--route[1]");
+        assert_eq!(flag_of("mtu"), "--mtu");
+        assert_eq!(flag_of("network"), "network name");
+        assert_eq!(flag_of("peers[0].address"), "peers[0].address");
+    }
 
     #[test]
     fn endpoints_get_a_port() {
