@@ -793,8 +793,18 @@ fn unconfirmed_add_then_revoke_is_unset_and_holds_its_address() {
     assert!(hint.contains("cloudpipe-add-0=v1 carol "), "{hint}");
     let conf = String::from_utf8(o.stdout).unwrap();
     assert_eq!(value(&conf, "Address"), "10.0.0.254/32");
+    let appliance = |name: &str| {
+        let show = s.ok(&["client", "show", "net1", name]);
+        show.lines()
+            .find_map(|l| l.strip_prefix("appliance:  "))
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(appliance("a"), "in the payload it booted with");
+    assert!(appliance("carol").contains("not yet published"));
     // The operator ran the printed command but forgot `publish --done`.
     s.ok(&["client", "revoke", "net1", "carol"]);
+    assert!(appliance("carol").contains("revocation not yet published"));
     let cmds = s.ok(&["publish", "net1"]);
     assert!(
         cmds.contains("openstack server unset --property cloudpipe-add-0 cloudpipe-net1"),
@@ -810,9 +820,12 @@ fn unconfirmed_add_then_revoke_is_unset_and_holds_its_address() {
         .fails(&["client", "show", "net1", "carol", "--config"])
         .contains("revoked"));
     s.ok(&["publish", "net1", "--done"]);
+    assert_eq!(appliance("carol"), "does not know it");
     assert_eq!(s.ok(&["publish", "net1"]), "");
     let conf = s.ok(&["client", "add", "net1", "d"]);
     assert_eq!(value(&conf, "Address"), "10.0.0.254/32");
+    s.ok(&["publish", "net1", "--done"]);
+    assert_eq!(appliance("d"), "added since boot, published");
 }
 
 #[test]

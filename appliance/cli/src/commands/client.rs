@@ -100,6 +100,7 @@ pub fn run(state: &StateDir, cmd: ClientCmd) -> Result<()> {
                 println!("address:    {}", c.address);
                 println!("public key: {}", c.public_key);
                 println!("status:     {}", status_text(c.status));
+                println!("appliance:  {}", appliance_view(&net, c)?);
             }
             Ok(())
         }
@@ -124,6 +125,27 @@ pub fn run(state: &StateDir, cmd: ClientCmd) -> Result<()> {
             publish::hint(&net)
         }
     }
+}
+
+/// What the running appliance knows of a client, as far as the CLI can tell.
+fn appliance_view(net: &Network, c: &ClientFile) -> Result<&'static str> {
+    let Some(baseline) = net.baseline()? else {
+        return Ok("no payload printed yet: the client goes into the payload");
+    };
+    let booted = baseline.public_keys.contains(&c.public_key);
+    let published = net
+        .published_properties()?
+        .values()
+        .any(|v| v.contains(&c.public_key));
+    Ok(match (c.status, booted, published) {
+        (Status::Active, true, _) => "in the payload it booted with",
+        (Status::Active, false, true) => "added since boot, published",
+        (Status::Active, false, false) => "added since boot, not yet published (cloudpipe publish)",
+        (Status::Revoked { released: true }, _, _) => "does not know it",
+        (Status::Revoked { released: false }, _, _) => {
+            "revocation not yet published (cloudpipe publish)"
+        }
+    })
 }
 
 fn endpoint(net: &Network) -> Result<String> {
