@@ -1066,3 +1066,26 @@ fn concurrent_creates_of_one_name_make_one_network() {
     assert!(key.trim().len() == 44);
     s.ok(&["network", "show", "net1"]);
 }
+
+/// A payload that did not get out is not the baseline: clients revoked before stay
+/// pending, and nothing is recorded.
+#[test]
+fn a_payload_that_was_not_written_records_nothing() {
+    let s = State::new("full");
+    s.create(&[]);
+    s.ok(&["client", "add", "net1", "a"]);
+    let o = Command::new(env!("CARGO_BIN_EXE_cloudpipe"))
+        .arg("--state-dir")
+        .arg(&s.0)
+        .args(["payload", "net1"])
+        .stdout(std::fs::File::create("/dev/full").unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("writing the payload to standard output"), "{e}");
+    assert!(!s.0.join("net1/baseline.json").exists());
+    let bad = s.0.join("no/such/dir/p");
+    s.fails(&["payload", "net1", "--output", bad.to_str().unwrap()]);
+    assert!(!s.0.join("net1/baseline.json").exists());
+}

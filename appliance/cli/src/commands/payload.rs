@@ -4,7 +4,7 @@ use super::{open, read_payload};
 use crate::cli::{PayloadArgs, PayloadCmd};
 use crate::model::Status;
 use crate::state::{self, StateDir};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use cloudpipe_core::config::{Config, ConfigFile, Peer};
 use cloudpipe_core::payload::{self, Encoding, Payload, PayloadError, MAX_USER_DATA};
 use std::io::{IsTerminal, Write};
@@ -38,7 +38,14 @@ pub fn run(state: &StateDir, args: PayloadArgs) -> Result<()> {
     }
     match &args.output {
         Some(path) => state::write_atomic(path, &bytes, 0o600)?,
-        None => std::io::stdout().write_all(&bytes)?,
+        None => {
+            // Flushed here, so that a payload that did not get out is not recorded
+            // as the baseline below.
+            let mut out = std::io::stdout().lock();
+            out.write_all(&bytes)
+                .and_then(|()| out.flush())
+                .context("writing the payload to standard output")?;
+        }
     }
     // The appliance booted from this payload knows exactly these clients; revoked
     // ones it does not know hold no address any more, and its properties start empty.
