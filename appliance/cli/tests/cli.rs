@@ -1013,6 +1013,16 @@ fn a_failed_output_keeps_the_client_and_says_how_to_get_the_config() {
     );
     let conf = s.ok(&["client", "show", "net1", "alice", "--config"]);
     assert_eq!(value(&conf, "Address"), "10.0.0.250/32");
+    let o = Command::new(env!("CARGO_BIN_EXE_cloudpipe"))
+        .arg("--state-dir")
+        .arg(&s.0)
+        .args(["client", "add", "net1", "bob"])
+        .stdout(std::fs::File::create("/dev/full").unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "an error, not a panic");
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("client show net1 bob --config"), "{e}");
 }
 
 /// What a crash can leave behind (a network folder without network.json, temp

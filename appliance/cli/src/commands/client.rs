@@ -94,7 +94,7 @@ pub fn run(state: &StateDir, cmd: ClientCmd) -> Result<()> {
                     endpoint(&net)?,
                 )
                 .render();
-                print!("{text}");
+                stdout(&text)?;
             } else {
                 println!("name:       {}", c.name);
                 println!("address:    {}", c.address);
@@ -158,6 +158,15 @@ fn endpoint(net: &Network) -> Result<String> {
     })
 }
 
+/// Write to standard output, reporting failure (a full disk) instead of panicking.
+fn stdout(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .context("writing to standard output")
+}
+
 /// Print or write a client config (and its QR codes).
 fn emit(
     text: &str,
@@ -175,11 +184,11 @@ fn emit(
             eprintln!("wrote config to {} (mode 0600)", path.display());
         }
         // With --qr the code replaces the text on standard output.
-        None if !want_qr => print!("{text}"),
+        None if !want_qr => stdout(text)?,
         None => {}
     }
     if want_qr {
-        print!("{}", qr::terminal(text)?);
+        stdout(&qr::terminal(text)?)?;
     }
     Ok(())
 }
