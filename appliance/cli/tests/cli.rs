@@ -362,8 +362,11 @@ fn payload_encodings_and_inspect_redact_secrets() {
     assert_eq!(&std::fs::read(&zip).unwrap()[..2], b"PK");
     assert_eq!(mode(&zip), 0o600);
 
-    // Stdin, and garbage.
+    // Stdin, and garbage; no state directory is needed (nor created).
+    let nowhere = s.0.join("not/created");
     let mut child = Command::new(env!("CARGO_BIN_EXE_cloudpipe"))
+        .arg("--state-dir")
+        .arg(&nowhere)
         .args(["payload", "inspect", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -379,6 +382,7 @@ fn payload_encodings_and_inspect_redact_secrets() {
     let o = child.wait_with_output().unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("neither a zip nor base64"));
+    assert!(!nowhere.exists());
 }
 
 #[test]

@@ -6,7 +6,7 @@ mod openstack;
 mod payload;
 mod publish;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, PayloadArgs, PayloadCmd};
 use crate::model::Network;
 use crate::state::StateDir;
 use anyhow::{Context, Result};
@@ -14,6 +14,14 @@ use std::io::Read;
 use std::path::Path;
 
 pub fn run(cli: Cli) -> Result<()> {
+    // Inspecting a payload needs no state directory (nor the right to create one).
+    if let Command::Payload(PayloadArgs {
+        inspect: Some(PayloadCmd::Inspect { file }),
+        ..
+    }) = &cli.command
+    {
+        return payload::inspect(file);
+    }
     let state = StateDir::open(cli.state_dir)?;
     match cli.command {
         Command::Network(cmd) => network::run(&state, cmd),

@@ -89,7 +89,7 @@ fn clients_that_fit(config: &Config, peers: &[Peer]) -> usize {
     lo
 }
 
-fn inspect(file: &std::path::Path) -> Result<()> {
+pub fn inspect(file: &std::path::Path) -> Result<()> {
     let bytes = read_payload(file)?;
     let valid = match payload::decode(&bytes) {
         Ok(Payload::Nova(n)) => {
