@@ -1103,3 +1103,101 @@ fn a_payload_that_was_not_written_records_nothing() {
     s.fails(&["payload", "net1", "--output", bad.to_str().unwrap()]);
     assert!(!s.0.join("net1/baseline.json").exists());
 }
+
+/// Random client lifecycles against a naive model of the pool: adds take the lowest
+/// address no client holds; a revoked client holds its address until a payload or
+/// `publish --done` (at once when no payload was printed yet).
+#[test]
+fn client_lifecycles_follow_the_naive_model() {
+    #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Debug)]
+    enum St {
+        Active,
+        Held,
+        Released,
+    }
+    let s = State::new("model");
+    s.create(&["--clients", "4"]);
+    let pool: Vec<String> = (251..=254).map(|o| format!("10.0.0.{o}")).collect();
+    let mut model: Vec<(String, String, St)> = Vec::new(); // name, address, status
+    let mut baseline = false;
+    // How often each interesting case came up: [pool full, held, freed at once].
+    let mut seen = [0; 3];
+    let mut seed: u64 = 0x5eed_c10d;
+    let mut next = |n: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    for step in 0..60 {
+        match next(10) {
+            0..=4 => {
+                let name = format!("c{step}");
+                let held: Vec<&String> = model
+                    .iter()
+                    .filter(|c| c.2 != St::Released)
+                    .map(|c| &c.1)
+                    .collect();
+                let want = pool.iter().find(|a| !held.contains(a)).cloned();
+                let o = s.run(&["client", "add", "net1", &name]);
+                match want {
+                    Some(addr) => {
+                        assert!(o.status.success(), "step {step}: add failed");
+                        let conf = String::from_utf8(o.stdout).unwrap();
+                        assert_eq!(value(&conf, "Address"), format!("{addr}/32"), "step {step}");
+                        model.push((name, addr, St::Active));
+                    }
+                    None => {
+                        assert!(!o.status.success(), "step {step}: pool should be full");
+                        assert!(String::from_utf8_lossy(&o.stderr).contains("full"));
+                        seen[0] += 1;
+                    }
+                }
+            }
+            5..=7 => {
+                let active: Vec<usize> = (0..model.len())
+                    .filter(|&i| model[i].2 == St::Active)
+                    .collect();
+                if active.is_empty() {
+                    continue;
+                }
+                let i = active[next(active.len() as u64) as usize];
+                s.ok(&["client", "revoke", "net1", &model[i].0]);
+                model[i].2 = if baseline { St::Held } else { St::Released };
+                seen[if baseline { 1 } else { 2 }] += 1;
+            }
+            8 => {
+                s.ok(&["payload", "net1"]);
+                baseline = true;
+                for c in model.iter_mut().filter(|c| c.2 == St::Held) {
+                    c.2 = St::Released;
+                }
+            }
+            _ => {
+                s.ok(&["publish", "net1", "--done"]);
+                for c in model.iter_mut().filter(|c| c.2 == St::Held) {
+                    c.2 = St::Released;
+                }
+            }
+        }
+        // The stored clients are the model's.
+        let listed = s.ok(&["client", "list", "net1"]);
+        let mut got: Vec<(String, String, St)> = listed
+            .lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split('\t').collect();
+                let st = match f[3] {
+                    "active" => St::Active,
+                    "revoked" => St::Released,
+                    _ => St::Held,
+                };
+                (f[0].to_string(), f[1].to_string(), st)
+            })
+            .collect();
+        got.sort();
+        let mut want = model.clone();
+        want.sort();
+        assert_eq!(got, want, "after step {step}");
+    }
+    assert!(seen.iter().all(|&n| n > 0), "cases not covered: {seen:?}");
+}
