@@ -22,8 +22,13 @@ pub fn run(state: &StateDir, cmd: ClientCmd) -> Result<()> {
         } => {
             let mut net = open(state, &network)?;
             check_name(&name).map_err(|r| anyhow::anyhow!("client name {name:?}: {r}"))?;
-            if net.clients.iter().any(|c| c.name == name) {
-                bail!("client {name:?} already exists in network {network:?}");
+            match net.clients.iter().find(|c| c.name == name) {
+                Some(c) if c.status != Status::Active => bail!(
+                    "client {name:?} already exists in network {network:?} (revoked: a name \
+                     is never reused, so its record stays; choose another name)"
+                ),
+                Some(_) => bail!("client {name:?} already exists in network {network:?}"),
+                None => {}
             }
             let endpoint = endpoint(&net)?;
             let config = net.config()?;
