@@ -73,6 +73,23 @@ impl Mission {
         Some((m, alice, conf))
     }
 
+    /// A booted network with two clients connected: alice from `outside`, bob from
+    /// a second external host (`home`). Returns their clients and bob's namespace.
+    pub fn with_alice_and_bob(
+        create_args: &[&str],
+    ) -> Option<(Mission, WgClient, WgClient, String)> {
+        let mut m = Mission::new(create_args)?;
+        let (a, b) = (m.add_client("alice"), m.add_client("bob"));
+        m.boot();
+        let home = m
+            .lab
+            .add_external_host("home", "ext1", 100)
+            .expect("second external host");
+        let alice = m.connect(&m.lab.outside(), "alice", &a);
+        let bob = m.connect(&home, "bob", &b);
+        Some((m, alice, bob, home))
+    }
+
     pub fn cli(&self, args: &[&str]) -> String {
         cloudpipe(&self.state, args)
     }

@@ -87,15 +87,10 @@ fn stock_client_reaches_tenant_vm_both_ways_and_moves_200_mb() {
 fn two_clients_and_client_to_client_policy() {
     for c2c in [false, true] {
         let extra: &[&str] = if c2c { &["--client-to-client"] } else { &[] };
-        let Some(mut m) = Mission::new(extra) else {
+        let Some((m, _alice, _bob, other)) = Mission::with_alice_and_bob(extra) else {
             return;
         };
-        let (a, b) = (m.add_client("alice"), m.add_client("bob"));
-        m.boot();
         let outside = m.lab.outside();
-        let other = m.lab.add_external_host("home", "ext1", 100).unwrap();
-        let _alice = m.connect(&outside, "alice", &a);
-        let _bob = m.connect(&other, "bob", &b);
         assert!(ping_all(&m.lab, &other, "10.77.0.10", 3));
         assert!(ping_all(&m.lab, &m.lab.tenant_vm(), "10.77.0.251", 3));
         let reached = ping_all(&m.lab, &outside, "10.77.0.251", 3);
@@ -110,15 +105,10 @@ fn two_clients_and_client_to_client_policy() {
 
 #[test]
 fn spoofed_source_reaches_nothing() {
-    let Some(mut m) = Mission::new(&["--client-to-client"]) else {
+    let Some((m, alice, _bob, _)) = Mission::with_alice_and_bob(&["--client-to-client"]) else {
         return;
     };
-    let (a, b) = (m.add_client("alice"), m.add_client("bob"));
-    m.boot();
     let outside = m.lab.outside();
-    let other = m.lab.add_external_host("home", "ext1", 100).unwrap();
-    let alice = m.connect(&outside, "alice", &a);
-    let _bob = m.connect(&other, "bob", &b);
     spy_on(&m.lab, &["10.77.0.250", "10.77.0.251", "10.77.0.99"]);
     // Alice sends through her own tunnel from an address outside the pool, then
     // from bob's address.
@@ -153,15 +143,10 @@ fn spoofed_source_reaches_nothing() {
 
 #[test]
 fn revocation_through_metadata_leaves_other_sessions_alone() {
-    let Some(mut m) = Mission::new(&[]) else {
+    let Some((m, _alice, _bob, other)) = Mission::with_alice_and_bob(&[]) else {
         return;
     };
-    let (a, b) = (m.add_client("alice"), m.add_client("bob"));
-    m.boot();
     let outside = m.lab.outside();
-    let other = m.lab.add_external_host("home", "ext1", 100).unwrap();
-    let _alice = m.connect(&outside, "alice", &a);
-    let _bob = m.connect(&other, "bob", &b);
     let proxies = m.lab.ip(&m.lab.cloudpipe(), "neigh show proxy").unwrap();
     assert!(proxies.contains("10.77.0.250"), "{proxies}");
 

@@ -108,15 +108,7 @@ pub fn build_config(f: &NetworkFile, server_key: &PrivateKey, peers: &[Peer]) ->
         mode: f.mode,
         client_to_client: f.client_to_client,
         private_key: server_key.to_base64(),
-        peers: peers
-            .iter()
-            .map(|p| PeerFile {
-                name: p.name.clone(),
-                public_key: p.public_key.to_base64(),
-                preshared_key: p.preshared_key.as_ref().map(|k| k.to_base64()),
-                address: p.address,
-            })
-            .collect(),
+        peers: peers.iter().map(PeerFile::from).collect(),
     };
     Ok(Config::try_from(file)?)
 }

@@ -121,6 +121,17 @@ pub struct PeerFile {
     pub address: Ipv4Addr,
 }
 
+impl From<&Peer> for PeerFile {
+    fn from(p: &Peer) -> Self {
+        PeerFile {
+            name: p.name.clone(),
+            public_key: p.public_key.to_base64(),
+            preshared_key: p.preshared_key.as_ref().map(|k| k.to_base64()),
+            address: p.address,
+        }
+    }
+}
+
 /// A rejected configuration: which field, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {reason}")]
@@ -240,16 +251,7 @@ impl Config {
             mode: self.mode,
             client_to_client: self.client_to_client,
             private_key: self.private_key.to_base64(),
-            peers: self
-                .peers
-                .iter()
-                .map(|p| PeerFile {
-                    name: p.name.clone(),
-                    public_key: p.public_key.to_base64(),
-                    preshared_key: p.preshared_key.as_ref().map(|k| k.to_base64()),
-                    address: p.address,
-                })
-                .collect(),
+            peers: self.peers.iter().map(PeerFile::from).collect(),
         }
     }
 
