@@ -402,9 +402,7 @@ impl Device {
 
     /// Run every peer's timers (keepalive, rekey, expiry); call every 100-250 ms.
     pub fn update_timers(&mut self, out: &mut Outbox) {
-        let ids: Vec<PeerId> = self.table.iter().map(|(id, _)| id).collect();
-        for id in ids {
-            let entry = self.table.get_mut(id).expect("listed above");
+        for (_, entry) in self.table.iter_mut() {
             let endpoint = entry.session.endpoint;
             if let TunnResult::WriteToNetwork(p) = entry.session.tunn.update_timers(out.slot()) {
                 if let Some(ep) = endpoint {
