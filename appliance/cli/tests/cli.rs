@@ -54,6 +54,40 @@ impl State {
     }
 }
 
+/// Run the binary with `input` on standard input.
+fn run_with_stdin(state_dir: &Path, args: &[&str], input: &[u8]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cloudpipe"))
+        .arg("--state-dir")
+        .arg(state_dir)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// A Nova cloudpipe payload zip (`nova/cloudpipe/pipelib.py`'s members) with this
+/// rendered `autorun.sh`.
+fn nova_zip(autorun: &str) -> Vec<u8> {
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let deflated = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    for (name, data) in [
+        ("autorun.sh", autorun.as_bytes()),
+        ("crl.pem", b"crl"),
+        ("server.key", b"key"),
+        ("ca.crt", b"ca"),
+        ("server.crt", b"crt"),
+    ] {
+        w.start_file(name, deflated).unwrap();
+        w.write_all(data).unwrap();
+    }
+    w.finish().unwrap().into_inner()
+}
+
 impl Drop for State {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
@@ -364,22 +398,11 @@ fn payload_encodings_and_inspect_redact_secrets() {
 
     // Stdin, and garbage; no state directory is needed (nor created).
     let nowhere = s.0.join("not/created");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cloudpipe"))
-        .arg("--state-dir")
-        .arg(&nowhere)
-        .args(["payload", "inspect", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"definitely not a payload")
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
+    let o = run_with_stdin(
+        &nowhere,
+        &["payload", "inspect", "-"],
+        b"definitely not a payload",
+    );
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("neither a zip nor base64"));
     assert!(!nowhere.exists());
@@ -414,21 +437,9 @@ fn import_nova_payload() {
     let s = State::new("nova");
     let autorun = "#!/bin/sh\nDHCP_LOWER=`echo $BROADCAST | awk -F. '{print $1\".\"$2\".\"$3\".\" $4 - 7 }'`\n\
                    echo \"push \\\"route 10.10.0.0 255.255.0.0 $GATEWAY\\\"\" >> server.conf\n";
-    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    for (name, data) in [
-        ("autorun.sh", autorun.as_bytes()),
-        ("crl.pem", b"c"),
-        ("server.key", b"k"),
-        ("ca.crt", b"a"),
-        ("server.crt", b"s"),
-    ] {
-        w.start_file(name, zip::write::SimpleFileOptions::default())
-            .unwrap();
-        w.write_all(data).unwrap();
-    }
     let f = s.0.with_extension("nova.zip");
     std::fs::create_dir_all(f.parent().unwrap()).unwrap();
-    std::fs::write(&f, w.finish().unwrap().into_inner()).unwrap();
+    std::fs::write(&f, nova_zip(autorun)).unwrap();
     let inspect = s.ok(&["payload", "inspect", f.to_str().unwrap()]);
     assert!(
         inspect.contains("Nova") && inspect.contains("import-nova"),
@@ -492,44 +503,21 @@ echo "duplicate-cn" >> server.conf
 echo "client-to-client" >> server.conf
 /etc/init.d/openvpn start
 "#;
-    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let deflated = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Deflated);
-    for (name, data) in [
-        ("autorun.sh", autorun.as_bytes()),
-        ("crl.pem", b"crl"),
-        ("server.key", b"key"),
-        ("ca.crt", b"ca"),
-        ("server.crt", b"crt"),
-    ] {
-        w.start_file(name, deflated).unwrap();
-        w.write_all(data).unwrap();
-    }
     let b64 = base64::engine::general_purpose::STANDARD;
-    let nova = b64.encode(b64.encode(w.finish().unwrap().into_inner()));
+    let nova = b64.encode(b64.encode(nova_zip(autorun)));
     let s = State::new("novastdin");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cloudpipe"))
-        .arg("--state-dir")
-        .arg(&s.0)
-        .args([
+    let o = run_with_stdin(
+        &s.0,
+        &[
             "network",
             "import-nova",
             "old",
             "--cidr",
             "10.1.2.0/24",
             "-",
-        ])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(nova.as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
+        ],
+        nova.as_bytes(),
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let show = s.ok(&["network", "show", "old"]);
     for needle in [
