@@ -33,25 +33,13 @@ pub fn peer(name: &str, b: u8, last: u8) -> PeerFile {
 /// (.240, key 2) and bob (.241, key 3).
 pub fn config_file(mode: Mode) -> ConfigFile {
     ConfigFile {
-        version: 1,
-        network: "lab".into(),
-        cidr: crate::SUBNET.into(),
-        gateway: None,
-        address: None,
-        interface: None,
-        mtu: None,
-        tenant_mtu: None,
-        listen_port: None,
         pool: Some(PoolFile {
             first: POOL_FIRST.into(),
             last: POOL_LAST.into(),
         }),
-        routes: vec![],
-        dns: vec![],
         mode,
-        client_to_client: false,
-        private_key: server_key().to_base64(),
         peers: vec![peer("alice", 2, 240), peer("bob", 3, 241)],
+        ..ConfigFile::new("lab", crate::SUBNET, &server_key())
     }
 }
 

@@ -104,6 +104,31 @@ pub struct ConfigFile {
     pub peers: Vec<PeerFile>,
 }
 
+impl ConfigFile {
+    /// A file of the current version with every optional field at its default
+    /// (Nova's pool rule, `.1`/`.2`, port 1194, MTU 1420, proxy ARP) and no peers.
+    pub fn new(network: &str, cidr: &str, private_key: &PrivateKey) -> Self {
+        ConfigFile {
+            version: FORMAT_VERSION,
+            network: network.to_string(),
+            cidr: cidr.to_string(),
+            gateway: None,
+            address: None,
+            interface: None,
+            mtu: None,
+            tenant_mtu: None,
+            listen_port: None,
+            pool: None,
+            routes: Vec::new(),
+            dns: Vec::new(),
+            mode: Mode::default(),
+            client_to_client: false,
+            private_key: private_key.to_base64(),
+            peers: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolFile {
@@ -425,24 +450,12 @@ pub(crate) mod tests {
     pub(crate) fn sample_file() -> ConfigFile {
         let key = |b: u8| PrivateKey::from_bytes([b; 32]);
         ConfigFile {
-            version: 1,
-            network: "net1".into(),
-            cidr: "10.0.0.0/24".into(),
-            gateway: None,
-            address: None,
-            interface: None,
-            mtu: None,
-            tenant_mtu: None,
-            listen_port: None,
             pool: Some(PoolFile {
                 first: "10.0.0.250".parse().unwrap(),
                 last: "10.0.0.254".parse().unwrap(),
             }),
             routes: vec!["192.168.50.0/24".into()],
             dns: vec!["10.0.0.1".parse().unwrap()],
-            mode: Mode::ProxyArp,
-            client_to_client: false,
-            private_key: key(1).to_base64(),
             peers: vec![
                 PeerFile {
                     name: "alice".into(),
@@ -457,6 +470,7 @@ pub(crate) mod tests {
                     address: "10.0.0.251".parse().unwrap(),
                 },
             ],
+            ..ConfigFile::new("net1", "10.0.0.0/24", &key(1))
         }
     }
 
@@ -480,6 +494,26 @@ pub(crate) mod tests {
             (c.pool.first(), c.pool.len()),
             (Ipv4Addr::new(10, 0, 0, 253), 2)
         );
+    }
+
+    #[test]
+    fn new_file_is_valid_with_every_default() {
+        let c = Config::try_from(ConfigFile::new(
+            "n",
+            "10.9.0.0/24",
+            &PrivateKey::from_bytes([1; 32]),
+        ))
+        .unwrap();
+        assert_eq!(
+            (c.gateway, c.address),
+            (Ipv4Addr::new(10, 9, 0, 1), Ipv4Addr::new(10, 9, 0, 2))
+        );
+        assert_eq!((c.listen_port, c.mtu, c.mode), (1194, 1420, Mode::ProxyArp));
+        assert_eq!(
+            (c.pool.first(), c.pool.len()),
+            (Ipv4Addr::new(10, 9, 0, 254), 1)
+        );
+        assert!(c.peers.is_empty() && c.routes.is_empty() && !c.client_to_client);
     }
 
     #[test]

@@ -151,24 +151,10 @@ mod tests {
             PrivateKey::from_bytes(b)
         };
         let file = ConfigFile {
-            version: 1,
-            network: "n".into(),
-            cidr: subnet.into(),
-            gateway: None,
-            address: None,
-            interface: None,
-            mtu: None,
-            tenant_mtu: None,
-            listen_port: None,
             pool: Some(PoolFile {
                 first: "10.0.1.0".parse().unwrap(),
                 last: "10.0.255.254".parse().unwrap(),
             }),
-            routes: vec![],
-            dns: vec![],
-            mode: Default::default(),
-            client_to_client: false,
-            private_key: key(u32::MAX).to_base64(),
             peers: (0..clients)
                 .map(|i| PeerFile {
                     name: format!("c{i}"),
@@ -180,6 +166,7 @@ mod tests {
                     address: std::net::Ipv4Addr::from(u32::from_be_bytes([10, 0, 1, 0]) + i),
                 })
                 .collect(),
+            ..ConfigFile::new("n", subnet, &key(u32::MAX))
         };
         Config::try_from(file).unwrap()
     }
