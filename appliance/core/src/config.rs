@@ -201,6 +201,22 @@ pub struct Peer {
     pub address: Ipv4Addr,
 }
 
+impl Peer {
+    /// The client as a WireGuard peer of the appliance: its key, preshared key and
+    /// its one pool address as allowed IPs (the endpoint is learnt from its packets).
+    pub fn peer_config(&self) -> crate::wg::PeerConfig {
+        crate::wg::PeerConfig {
+            preshared_key: self.preshared_key.clone(),
+            ..crate::wg::PeerConfig::new(
+                self.public_key,
+                vec![ipnetwork::IpNetwork::V4(
+                    Ipv4Network::new(self.address, 32).expect("/32 is valid"),
+                )],
+            )
+        }
+    }
+}
+
 /// Check a peer name: 1-32 characters of `A-Z a-z 0-9 . _ -`, not starting with `.` or `-`.
 pub fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAX_NAME_LEN {
@@ -250,6 +266,24 @@ impl Config {
         let mut v = vec![self.subnet];
         v.extend(self.routes.iter().copied().filter(|r| *r != self.subnet));
         v
+    }
+
+    /// The WireGuard device this network's appliance runs: the server role with
+    /// the subnet and pushed routes as the clients' destinations.
+    pub fn device_config(&self) -> crate::wg::DeviceConfig {
+        crate::wg::DeviceConfig {
+            private_key: self.private_key.clone(),
+            listen_port: self.listen_port,
+            fwmark: 0,
+            role: crate::wg::Role::Server(crate::wg::ServerPolicy {
+                destinations: self
+                    .client_allowed_ips()
+                    .into_iter()
+                    .map(ipnetwork::IpNetwork::V4)
+                    .collect(),
+                client_to_client: self.client_to_client,
+            }),
+        }
     }
 
     pub fn peer_by_key(&self, key: &PublicKey) -> Option<&Peer> {

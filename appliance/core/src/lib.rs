@@ -5,23 +5,22 @@
 //! ([`pool`]), client configs for stock WireGuard clients ([`client_config`]) and the
 //! metadata overlay that adds and revokes clients on a running
 //! appliance ([`overlay`]); and the WireGuard data path's logic: checked IP packet
-//! views ([`packet`]), the peer table ([`peer_table`]), cryptokey routing decisions
-//! ([`routing`]) and the device that runs every peer's boringtun session
-//! ([`device`]).
+//! views ([`packet`]) and a role-neutral WireGuard device ([`wg`]: peers, the
+//! allowed-IPs trie, routing per role, GSO-shaped output queues, counters) that runs
+//! every peer's boringtun session.
 //!
-//! This crate does not open sockets, files or devices: callers pass bytes in and
-//! send what comes out. (The one clock is inside boringtun's timers, advanced by
-//! `Device::update_timers`.) That keeps it fast to test and fuzz, and lets the daemon
-//! (`cloudpiped`) and the CLI (`cloudpipe`) share one definition of every format.
+//! This crate does not open sockets, files or devices, nor read the clock: callers
+//! pass bytes and `now` in and send what comes out. (boringtun's timers keep their
+//! own monotonic clock, advanced by `wg::Device::update_timers`.) That keeps it fast
+//! to test and fuzz, and lets the daemon (`cloudpiped`) and the CLI (`cloudpipe`)
+//! share one definition of every format and one data path.
 #![forbid(unsafe_code)]
 
 pub mod client_config;
 pub mod config;
-pub mod device;
 pub mod keys;
 pub mod overlay;
 pub mod packet;
 pub mod payload;
-pub mod peer_table;
 pub mod pool;
-pub mod routing;
+pub mod wg;

@@ -1,18 +1,74 @@
 //! Checked views of IP packets read from the TUN device or decrypted from a peer,
 //! and the one packet the appliance writes itself (ICMP destination unreachable).
 //!
-//! A view is built with [`Ipv4Packet::new_checked`]; once built, no accessor can
-//! panic or read past the buffer (smoltcp's `new_checked` discipline).
+//! A view is built with [`Ipv4Packet::new_checked`] (or [`IpHeader::parse`] for
+//! either family); once built, no accessor can panic or read past the buffer
+//! (smoltcp's `new_checked` discipline).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Why a buffer is not a usable IPv4 packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PacketError {
     Empty,
-    /// IPv6 or another version: cloudpipe tunnels carry IPv4 only (v1).
+    /// IPv6 or another version where IPv4 is needed.
     NotIpv4,
+    /// Neither IPv4 nor IPv6.
+    UnknownVersion,
     Truncated,
+}
+
+/// The addresses and length of an IPv4 (RFC 791) or IPv6 (RFC 8200) packet: what
+/// cryptokey routing needs from either family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpHeader {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// The packet's length from its header (bytes after it are padding).
+    pub len: usize,
+}
+
+/// Fixed IPv6 header length (RFC 8200 section 3).
+pub const IPV6_HEADER: usize = 40;
+
+impl IpHeader {
+    /// Read the header of an IPv4 or IPv6 packet at the start of `buf`.
+    ///
+    /// Errors: `Empty`, `Truncated` (header or stated length beyond `buf`), and
+    /// `UnknownVersion` for a version nibble other than 4 or 6.
+    pub fn parse(buf: &[u8]) -> Result<Self, PacketError> {
+        let first = *buf.first().ok_or(PacketError::Empty)?;
+        match first >> 4 {
+            4 => {
+                let p = Ipv4Packet::new_checked(buf)?;
+                Ok(IpHeader {
+                    src: p.src().into(),
+                    dst: p.dst().into(),
+                    len: p.as_bytes().len(),
+                })
+            }
+            6 => {
+                if buf.len() < IPV6_HEADER {
+                    return Err(PacketError::Truncated);
+                }
+                let len = IPV6_HEADER + usize::from(u16::from_be_bytes([buf[4], buf[5]]));
+                if len > buf.len() {
+                    return Err(PacketError::Truncated);
+                }
+                let addr = |at: usize| {
+                    let mut a = [0u8; 16];
+                    a.copy_from_slice(&buf[at..at + 16]);
+                    IpAddr::V6(Ipv6Addr::from(a))
+                };
+                Ok(IpHeader {
+                    src: addr(8),
+                    dst: addr(24),
+                    len,
+                })
+            }
+            _ => Err(PacketError::UnknownVersion),
+        }
+    }
 }
 
 /// An IPv4 packet whose header has been checked against the buffer.
@@ -123,28 +179,32 @@ pub fn icmp_unreachable(
     Some(total)
 }
 
+/// A minimal IPv4/UDP packet from `src` to `dst` carrying `payload` (header
+/// checksum set, UDP checksum 0: "none", RFC 768): for tests, benchmarks and load
+/// generators.
+pub fn udp_packet(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
+    let total = 28 + payload.len();
+    let mut p = vec![0u8; total];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    let s = checksum(&p[..20]);
+    p[10..12].copy_from_slice(&s.to_be_bytes());
+    p[20..22].copy_from_slice(&1234u16.to_be_bytes());
+    p[22..24].copy_from_slice(&5678u16.to_be_bytes());
+    p[24..26].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    p[28..].copy_from_slice(payload);
+    p
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
 
-    /// A minimal IPv4/UDP packet from `src` to `dst` with `payload`.
-    pub(crate) fn udp_packet(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
-        let total = 28 + payload.len();
-        let mut p = vec![0u8; total];
-        p[0] = 0x45;
-        p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-        p[8] = 64;
-        p[9] = 17;
-        p[12..16].copy_from_slice(&src.octets());
-        p[16..20].copy_from_slice(&dst.octets());
-        let s = checksum(&p[..20]);
-        p[10..12].copy_from_slice(&s.to_be_bytes());
-        p[20..22].copy_from_slice(&1234u16.to_be_bytes());
-        p[22..24].copy_from_slice(&5678u16.to_be_bytes());
-        p[24..26].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-        p[28..].copy_from_slice(payload);
-        p
-    }
+    pub(crate) use super::udp_packet;
 
     #[test]
     fn checked_view_rejects_bad_headers() {
@@ -171,6 +231,30 @@ pub(crate) mod tests {
             Ipv4Packet::new_checked(&p).unwrap_err(),
             PacketError::Truncated
         );
+    }
+
+    #[test]
+    fn either_family_header() {
+        let p = udp_packet(Ipv4Addr::new(1, 2, 3, 4), Ipv4Addr::new(5, 6, 7, 8), b"hi");
+        let h = IpHeader::parse(&p).unwrap();
+        assert_eq!((h.src, h.len), (IpAddr::from([1, 2, 3, 4]), p.len()));
+        let mut v6 = vec![0u8; 48];
+        v6[0] = 0x60;
+        v6[5] = 8; // payload length
+        v6[8 + 15] = 1;
+        v6[24] = 0xfd;
+        let h = IpHeader::parse(&v6).unwrap();
+        assert_eq!(h.src, "::1".parse::<IpAddr>().unwrap());
+        assert_eq!(h.dst, "fd00::".parse::<IpAddr>().unwrap());
+        assert_eq!(h.len, 48);
+        v6[5] = 9;
+        assert_eq!(IpHeader::parse(&v6), Err(PacketError::Truncated));
+        assert_eq!(IpHeader::parse(&v6[..30]), Err(PacketError::Truncated));
+        assert_eq!(
+            IpHeader::parse(&[0x50; 60]),
+            Err(PacketError::UnknownVersion)
+        );
+        assert_eq!(IpHeader::parse(&[]), Err(PacketError::Empty));
     }
 
     #[test]

@@ -16,7 +16,6 @@ mod notify;
 mod privileges;
 mod run;
 mod source;
-mod tun;
 mod tunnel;
 
 use clap::Parser;
@@ -66,8 +65,23 @@ struct Args {
     poll_interval: Duration,
 
     /// Name of the TUN device.
-    #[arg(long, env = "CLOUDPIPED_TUN_NAME", default_value = tun::DEFAULT_NAME)]
+    #[arg(long, env = "CLOUDPIPED_TUN_NAME", default_value = tunnel::DEFAULT_TUN_NAME)]
     tun_name: String,
+
+    /// Data-path worker queues, each a TUN queue and a UDP socket with two threads
+    /// (0: one per CPU).
+    #[arg(
+        long,
+        env = "CLOUDPIPED_WORKERS",
+        default_value = "0",
+        value_name = "N"
+    )]
+    workers: usize,
+
+    /// TUN offloads (IFF_VNET_HDR: TCP segmentation and coalescing); `false` moves
+    /// one packet per read and write.
+    #[arg(long, env = "CLOUDPIPED_TUN_OFFLOAD", default_value = "true", value_name = "BOOL", action = clap::ArgAction::Set)]
+    tun_offload: bool,
 
     /// Private directory for mounting a vfat config drive while it is read.
     #[arg(
@@ -131,6 +145,10 @@ fn main() -> ExitCode {
         },
         poll_interval: args.poll_interval,
         tun_name: args.tun_name,
+        data_path: tunnel::DataPath {
+            workers: args.workers,
+            offload: args.tun_offload,
+        },
         keep_privileges: args.keep_privileges || !privileges::is_root(),
     };
     run::main(settings)

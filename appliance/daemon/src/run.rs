@@ -15,7 +15,6 @@ use crate::netconf::{self, Link, Net};
 use crate::notify::Notifier;
 use crate::privileges;
 use crate::source::{self, Origin, SourceError, Sources};
-use crate::tun;
 use crate::tunnel;
 use cloudpipe_core::config::{Config, Mode, Peer};
 use cloudpipe_core::overlay::Overlay;
@@ -43,6 +42,8 @@ pub struct Settings {
     /// Metadata polling interval; zero turns polling off.
     pub poll_interval: Duration,
     pub tun_name: String,
+    /// Worker queues and TUN offloads.
+    pub data_path: tunnel::DataPath,
     /// Keep every capability (debugging, or running unprivileged tests).
     pub keep_privileges: bool,
 }
@@ -53,8 +54,7 @@ struct Booted {
     source: Origin,
     user_data: Vec<u8>,
     tenant: Link,
-    tun: tun_rs::SyncDevice,
-    udp: std::net::UdpSocket,
+    queues: tunnel::Queues,
     peers: Vec<Peer>,
     meta: Option<BTreeMap<String, String>>,
 }
@@ -181,13 +181,12 @@ async fn boot(settings: &Settings, notifier: &Notifier) -> Result<Booted, u8> {
     };
     notifier.status("configuring the network");
     match configure(settings, &config, &peers).await {
-        Ok((tenant, tun, udp)) => Ok(Booted {
+        Ok((tenant, queues)) => Ok(Booted {
             config,
             source: fetched.source,
             user_data: fetched.user_data,
             tenant,
-            tun,
-            udp,
+            queues,
             peers,
             meta,
         }),
@@ -235,7 +234,7 @@ async fn configure(
     settings: &Settings,
     config: &Config,
     peers: &[Peer],
-) -> anyhow::Result<(Link, tun_rs::SyncDevice, std::net::UdpSocket)> {
+) -> anyhow::Result<(Link, tunnel::Queues)> {
     let net = Net::connect()?;
     let links = net.links().await?;
     let default_oif = net.default_route_link().await?;
@@ -248,9 +247,7 @@ async fn configure(
     .map_err(anyhow::Error::msg)?
     .clone();
     // Bind first: a port in use fails the boot before anything is changed.
-    let udp = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, config.listen_port))
-        .map_err(|e| anyhow::anyhow!("binding UDP port {}: {e}", config.listen_port))?;
-    udp.set_nonblocking(true)?;
+    let udp = tunnel::open_udp(config.listen_port, settings.data_path)?;
     if net
         .ensure_address(tenant.index, config.address, config.subnet.prefix())
         .await?
@@ -273,7 +270,7 @@ async fn configure(
         nat: config.mode == Mode::Masquerade,
     };
     let result = async {
-        let tun = tun::create(&settings.tun_name)?;
+        let tun = tunnel::open_tun(&settings.tun_name, config.mtu, settings.data_path)?;
         let link = net
             .link_by_name(&settings.tun_name)
             .await?
@@ -311,7 +308,7 @@ async fn configure(
     }
     .await;
     match result {
-        Ok(tun) => Ok((tenant, tun, udp)),
+        Ok(tun) => Ok((tenant, tunnel::Queues { tun, udp })),
         Err(e) => {
             undo_with(&net, &cleanup).await;
             Err(e)
@@ -363,25 +360,10 @@ async fn serve(booted: Booted, settings: &Settings, notifier: &Notifier) -> u8 {
         source,
         user_data,
         tenant,
-        tun,
-        udp,
+        queues,
         mut peers,
         mut meta,
     } = booted;
-    let tun = match tun_rs::AsyncDevice::new(tun) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!(error = %e, "TUN device");
-            return exit::FAILURE;
-        }
-    };
-    let udp = match tokio::net::UdpSocket::from_std(udp) {
-        Ok(u) => u,
-        Err(e) => {
-            tracing::error!(error = %e, "UDP socket");
-            return exit::FAILURE;
-        }
-    };
     let (mut term, mut int, mut hup, mut usr1) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -394,7 +376,13 @@ async fn serve(booted: Booted, settings: &Settings, notifier: &Notifier) -> u8 {
             return exit::FAILURE;
         }
     };
-    let (handle, mut task) = tunnel::spawn(&config, peers.clone(), tun, udp);
+    let (handle, mut task) = match tunnel::spawn(&config, peers.clone(), queues) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "cannot start the data path");
+            return exit::FAILURE;
+        }
+    };
     notifier.send(&format!(
         "READY=1\nSTATUS=serving {} peers on UDP port {}",
         peers.len(),

@@ -1,93 +1,217 @@
-//! The WireGuard data path's I/O shell: one UDP socket, one TUN device, and the
-//! core's [`Device`] in between. This is the only place where the WireGuard logic
-//! meets sockets.
+//! The appliance's data path: the network's [`Config`] and peers as a server-role
+//! WireGuard device, run on cloudpipe-net's workers between the TUN queues and the
+//! UDP queues that boot opened. This is the only place where the daemon meets the
+//! data path; everything per packet happens in cloudpipe-net and the core.
 //!
-//! One task owns everything (no locks): it waits for either side to become
-//! readable, drains up to [`BATCH`] packets from it without waiting, runs them
-//! through the device, and sends what the device left in its outbox. A 100 ms tick
-//! drives boringtun's timers; once a second the rate limiters reset.
+//! The device knows peers by key; the names (for logs and status) live here.
 
 use cloudpipe_core::config::{Config, Peer};
-use cloudpipe_core::device::{Dest, Device, Outbox, PeerStatus, BUF_LEN};
-use std::io;
-use std::sync::Arc;
-use std::time::Duration;
-use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
+use cloudpipe_core::keys::PublicKey;
+use cloudpipe_core::wg::Device;
+use cloudpipe_net::tun::{TunOptions, TunQueue};
+use cloudpipe_net::udp::UdpQueue;
+use cloudpipe_net::Tunnel;
+use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-/// Packets taken from one side before the outbox is flushed: bounds latency and
-/// memory, and lets one wakeup serve a burst.
-pub const BATCH: usize = 32;
-/// boringtun wants its timers run every 100-250 ms.
-const TIMER_TICK: Duration = Duration::from_millis(100);
-/// Socket buffers for the UDP socket: a burst from the TUN side must not overflow
-/// the kernel's default (~200 KiB) while the loop is busy; wireguard-go uses 7 MiB.
-const SOCKET_BUFFER: usize = 4 << 20;
-/// Rate limiter and ICMP budget period.
-const RATE_LIMIT_PERIOD: Duration = Duration::from_secs(1);
+/// How often the daemon looks for newly connected peers (one INFO line each).
+const CONNECTED_CHECK: Duration = Duration::from_secs(1);
 
-/// Changes and questions a running tunnel accepts.
-#[derive(Debug)]
-pub enum Command {
-    /// Replace the peer set: new peers are added, missing ones removed (their sessions
-    /// end at once), unchanged ones keep their sessions.
-    SetPeers(Vec<Peer>),
-    /// Current per-peer state.
-    Status(oneshot::Sender<Vec<PeerStatus>>),
+/// The I/O queues of the data path, opened at boot (as root) and handed to
+/// [`spawn`] after privileges are dropped.
+pub struct Queues {
+    pub tun: Vec<TunQueue>,
+    pub udp: Vec<UdpQueue>,
 }
 
-/// A handle to a running tunnel.
-#[derive(Clone)]
+/// How many worker queues, and whether the TUN device uses offloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataPath {
+    /// Queues (each with two threads); 0 picks one per CPU.
+    pub workers: usize,
+    /// `IFF_VNET_HDR` TSO/USO offloads on the TUN device.
+    pub offload: bool,
+}
+
+impl DataPath {
+    /// The worker count to use: the flag's, or one per CPU.
+    pub fn queues(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
+/// Name of the TUN device on the appliance.
+pub const DEFAULT_TUN_NAME: &str = "cloudpipe0";
+
+/// Bind UDP `port` on every IPv4 address: one socket per queue (`SO_REUSEPORT`).
+pub fn open_udp(port: u16, path: DataPath) -> anyhow::Result<Vec<UdpQueue>> {
+    cloudpipe_net::udp::open(
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+        path.queues(),
+        0,
+    )
+    .map_err(|e| anyhow::anyhow!("binding UDP port {port}: {e}"))
+}
+
+/// Create the TUN device `name` (layer 3, no packet information header) with one
+/// queue per worker. The device lives as long as its queues: a crash leaves
+/// nothing behind. MTU, link state and routes are set through [`crate::netconf`].
+pub fn open_tun(name: &str, mtu: u16, path: DataPath) -> anyhow::Result<Vec<TunQueue>> {
+    let tun = cloudpipe_net::tun::create(&TunOptions {
+        name: name.to_string(),
+        queues: path.queues(),
+        offload: path.offload,
+        mtu,
+    })?;
+    info!(
+        queues = tun.len(),
+        offload = tun.first().is_some_and(TunQueue::offload),
+        "TUN device created"
+    );
+    Ok(tun)
+}
+
+/// A client as status and logs show it.
+#[derive(Debug, Clone)]
+pub struct PeerStatus {
+    pub name: String,
+    pub public_key: PublicKey,
+    pub address: Ipv4Addr,
+    pub endpoint: Option<SocketAddr>,
+    pub since_last_handshake: Option<Duration>,
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+}
+
+struct Inner {
+    tunnel: Tunnel,
+    peers: Mutex<HashMap<PublicKey, Peer>>,
+}
+
+/// A handle to the running data path. Dropping it stops the workers.
 pub struct TunnelHandle {
-    tx: mpsc::Sender<Command>,
+    inner: Arc<Inner>,
+}
+
+impl Drop for TunnelHandle {
+    fn drop(&mut self) {
+        self.inner.tunnel.stopper().raise();
+    }
 }
 
 impl TunnelHandle {
+    /// Replace the peer set: new peers are added, missing ones removed (their
+    /// sessions end at once), unchanged ones keep their sessions.
     pub async fn set_peers(&self, peers: Vec<Peer>) -> anyhow::Result<()> {
-        self.tx
-            .send(Command::SetPeers(peers))
-            .await
-            .map_err(|_| anyhow::anyhow!("tunnel has stopped"))
+        let changes = self
+            .inner
+            .tunnel
+            .device()
+            .set_peers(peers.iter().map(Peer::peer_config).collect());
+        let mut known = lock(&self.inner.peers);
+        for k in &changes.removed {
+            if let Some(p) = known.get(k) {
+                info!(peer = %p.name, "peer removed");
+            }
+        }
+        *known = peers.into_iter().map(|p| (p.public_key, p)).collect();
+        for k in &changes.added {
+            if let Some(p) = known.get(k) {
+                info!(peer = %p.name, "peer added");
+            }
+        }
+        Ok(())
     }
 
+    /// Current per-peer state.
     pub async fn status(&self) -> anyhow::Result<Vec<PeerStatus>> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Status(tx))
-            .await
-            .map_err(|_| anyhow::anyhow!("tunnel has stopped"))?;
-        Ok(rx.await?)
+        Ok(status(&self.inner))
     }
 }
 
-/// Start the data path on an already configured TUN device and a bound UDP socket.
-/// The task runs until the handle and every clone of it are dropped, or an I/O error
-/// on the TUN or socket ends it.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn status(inner: &Inner) -> Vec<PeerStatus> {
+    let now = SystemTime::now();
+    let known = lock(&inner.peers);
+    inner
+        .tunnel
+        .device()
+        .peers(now)
+        .into_iter()
+        .filter_map(|p| {
+            let peer = known.get(&p.public_key)?;
+            Some(PeerStatus {
+                name: peer.name.clone(),
+                public_key: p.public_key,
+                address: peer.address,
+                endpoint: p.endpoint,
+                since_last_handshake: p.last_handshake.and_then(|t| now.duration_since(t).ok()),
+                tx_bytes: p.tx_bytes,
+                rx_bytes: p.rx_bytes,
+            })
+        })
+        .collect()
+}
+
+/// Start the data path for `config` with `peers` on `queues`. The returned task
+/// ends when the handle is dropped (`Ok`) or a worker fails (`Err`, with why).
 pub fn spawn(
     config: &Config,
     peers: Vec<Peer>,
-    tun: tun_rs::AsyncDevice,
-    udp: UdpSocket,
-) -> (TunnelHandle, JoinHandle<anyhow::Result<()>>) {
-    let (tx, rx) = mpsc::channel(16);
-    grow_socket_buffers(&udp);
-    let device = Device::new(config, &peers, random_u32());
-    info!(peers = peers.len(), "tunnel up");
-    let task = tokio::spawn(run(device, Arc::new(tun), udp, rx));
-    (TunnelHandle { tx }, task)
+    queues: Queues,
+) -> anyhow::Result<(TunnelHandle, JoinHandle<anyhow::Result<()>>)> {
+    let device = Arc::new(Device::new(
+        config.device_config(),
+        peers.iter().map(Peer::peer_config).collect(),
+        random_u32(),
+    ));
+    let tunnel = Tunnel::start(device, queues.udp, queues.tun)?;
+    info!(peers = peers.len(), threads = tunnel.threads(), "tunnel up");
+    let inner = Arc::new(Inner {
+        tunnel,
+        peers: Mutex::new(peers.into_iter().map(|p| (p.public_key, p)).collect()),
+    });
+    let watched = inner.clone();
+    let task = tokio::spawn(async move {
+        let mut connected: HashSet<PublicKey> = HashSet::new();
+        let mut tick = tokio::time::interval(CONNECTED_CHECK);
+        let waiter = watched.clone();
+        let mut done = tokio::task::spawn_blocking(move || waiter.tunnel.wait());
+        loop {
+            tokio::select! {
+                r = &mut done => {
+                    return match r {
+                        Ok(None) => { info!("tunnel stopping"); Ok(()) }
+                        Ok(Some(e)) => Err(anyhow::anyhow!("{e}")),
+                        Err(e) => Err(anyhow::anyhow!("tunnel watcher: {e}")),
+                    };
+                }
+                _ = tick.tick() => log_handshakes(&watched, &mut connected),
+            }
+        }
+    });
+    Ok((TunnelHandle { inner }, task))
 }
 
-/// Raise the UDP socket's buffers past `net.core.{r,w}mem_max` (CAP_NET_ADMIN, which
-/// the daemon keeps), or as far as the limit allows without it.
-fn grow_socket_buffers(udp: &UdpSocket) {
-    use nix::sys::socket::{setsockopt, sockopt};
-    if setsockopt(udp, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err() {
-        let _ = setsockopt(udp, sockopt::RcvBuf, &SOCKET_BUFFER);
-    }
-    if setsockopt(udp, sockopt::SndBufForce, &SOCKET_BUFFER).is_err() {
-        let _ = setsockopt(udp, sockopt::SndBuf, &SOCKET_BUFFER);
+/// One INFO line when a peer's first handshake completes; endpoints only at DEBUG.
+fn log_handshakes(inner: &Inner, connected: &mut HashSet<PublicKey>) {
+    let list = status(inner);
+    connected.retain(|k| list.iter().any(|p| p.public_key == *k));
+    for p in list {
+        if p.since_last_handshake.is_some() && connected.insert(p.public_key) {
+            info!(peer = %p.name, "peer connected");
+            debug!(peer = %p.name, endpoint = ?p.endpoint, address = %p.address, "peer endpoint");
+        }
     }
 }
 
@@ -96,108 +220,7 @@ fn random_u32() -> u32 {
     // getrandom failing at boot would be extraordinary; a fixed seed only makes
     // session indices predictable across restarts, not insecure.
     if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = io::Read::read_exact(&mut f, &mut b);
+        let _ = std::io::Read::read_exact(&mut f, &mut b);
     }
     u32::from_ne_bytes(b)
-}
-
-async fn run(
-    mut device: Device,
-    tun: Arc<tun_rs::AsyncDevice>,
-    udp: UdpSocket,
-    mut commands: mpsc::Receiver<Command>,
-) -> anyhow::Result<()> {
-    let mut out = Outbox::new();
-    let mut buf = vec![0u8; BUF_LEN];
-    let mut timers = tokio::time::interval(TIMER_TICK);
-    timers.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut rate = tokio::time::interval(RATE_LIMIT_PERIOD);
-    let mut connected: std::collections::HashSet<String> = Default::default();
-    loop {
-        tokio::select! {
-            r = udp.readable() => {
-                r?;
-                for _ in 0..BATCH {
-                    match udp.try_recv_from(&mut buf) {
-                        Ok((n, src)) => device.handle_datagram(src, &buf[..n], &mut out),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        // ICMP errors from earlier sends surface here; not fatal.
-                        Err(e) => { debug!(error = %e, "udp receive"); break; }
-                    }
-                }
-            }
-            r = tun.readable() => {
-                r?;
-                for _ in 0..BATCH {
-                    match tun.try_recv(&mut buf) {
-                        Ok(n) => device.handle_tun_packet(&buf[..n], &mut out),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) => return Err(anyhow::anyhow!("reading the TUN device: {e}")),
-                    }
-                }
-            }
-            _ = timers.tick() => device.update_timers(&mut out),
-            _ = rate.tick() => {
-                device.reset_rate_limits();
-                log_handshakes(&device, &mut connected);
-            }
-            cmd = commands.recv() => match cmd {
-                None => {
-                    info!("tunnel stopping");
-                    return Ok(());
-                }
-                Some(Command::SetPeers(peers)) => {
-                    let changes = device.set_peers(&peers);
-                    for name in &changes.removed {
-                        connected.remove(name);
-                        info!(peer = %name, "peer removed");
-                    }
-                    for name in &changes.added {
-                        info!(peer = %name, "peer added");
-                    }
-                }
-                Some(Command::Status(reply)) => {
-                    let _ = reply.send(device.peers().collect());
-                }
-            },
-        }
-        flush(&mut out, &tun, &udp).await?;
-    }
-}
-
-/// Send everything the device produced. A failed UDP send (no route to a roaming
-/// client, a full socket buffer) loses that datagram, as the network would.
-async fn flush(out: &mut Outbox, tun: &tun_rs::AsyncDevice, udp: &UdpSocket) -> anyhow::Result<()> {
-    for (dest, bytes) in out.iter() {
-        match dest {
-            Dest::Udp(addr) => match udp.try_send_to(bytes, addr) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if let Err(e) = udp.send_to(bytes, addr).await {
-                        debug!(error = %e, "udp send");
-                    }
-                }
-                Err(e) => debug!(error = %e, "udp send"),
-            },
-            Dest::Tun => match tun.try_send(bytes) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    tun.send(bytes).await?;
-                }
-                Err(e) => warn!(error = %e, "writing to the TUN device"),
-            },
-        }
-    }
-    out.clear();
-    Ok(())
-}
-
-/// One INFO line when a peer's first handshake completes; endpoints only at DEBUG.
-fn log_handshakes(device: &Device, connected: &mut std::collections::HashSet<String>) {
-    for p in device.peers() {
-        if p.since_last_handshake.is_some() && connected.insert(p.name.clone()) {
-            info!(peer = %p.name, "peer connected");
-            debug!(peer = %p.name, endpoint = ?p.endpoint, address = %p.address, "peer endpoint");
-        }
-    }
 }
