@@ -11,7 +11,6 @@ mod configdrive;
 mod http;
 mod metadata;
 mod nat;
-mod netconf;
 mod notify;
 mod privileges;
 mod run;

@@ -11,7 +11,6 @@
 use crate::http;
 use crate::metadata;
 use crate::nat;
-use crate::netconf::{self, Link, Net};
 use crate::notify::Notifier;
 use crate::privileges;
 use crate::source::{self, Origin, SourceError, Sources};
@@ -19,6 +18,7 @@ use crate::tunnel;
 use cloudpipe_core::config::{Config, Mode, Peer};
 use cloudpipe_core::overlay::Overlay;
 use cloudpipe_core::payload::{self, Payload, PayloadError};
+use cloudpipe_net::netconf::{self, Link, Net};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::process::ExitCode;

@@ -14,10 +14,12 @@
 //! - [`tunnel`]: the workers (two threads per queue: UDP to TUN and TUN to UDP) and
 //!   the timer thread around one shared [`cloudpipe_core::wg::Device`].
 //!
-//! It does not configure addresses, routes or firewalls; the daemon and the CLI do.
+//! - [`netconf`]: links, addresses, routes and proxy neighbour entries over
+//!   rtnetlink, for the appliance's boot and the client mode alike.
 
 pub mod io;
 pub mod memory;
+pub mod netconf;
 pub mod stop;
 pub mod tun;
 pub mod tunnel;
