@@ -15,6 +15,7 @@
 //! `cloudpipe-lab` for the metadata server): `cargo build -p cloudpiped -p
 //! cloudpipe-lab` first (scripts/test does).
 
+pub mod client_mode;
 pub mod daemon;
 pub mod demo;
 pub mod metadata_server;

@@ -48,6 +48,36 @@ pub enum Command {
     Publish(PublishArgs),
     /// Print the OpenStack (Neutron) commands that launch the network's cloudpipe.
     Openstack(OpenstackArgs),
+    /// Bring up a WireGuard client from a wg-quick file, in the foreground.
+    ///
+    /// The interface is named after the file (alice.conf: alice), gets the file's
+    /// Address, MTU (default 1420), a route per AllowedIPs (unless Table = off) and
+    /// DNS (through resolvconf), and runs on cloudpipe's forwarding core (userspace,
+    /// no kernel WireGuard needed). Stops on Ctrl-C, SIGTERM or `cloudpipe down`,
+    /// removing what it added. Root (or CAP_NET_ADMIN). As a service:
+    /// configs/cloudpipe-up@.service.
+    Up(UpArgs),
+    /// Take down what `cloudpipe up CONFIG` brought up.
+    Down(DownArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// The wg-quick file (what `cloudpipe client add` writes).
+    pub config: PathBuf,
+    /// Worker queues, each a TUN queue and a UDP socket with two threads (0: one per CPU).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub workers: usize,
+    /// TUN offloads (TCP segmentation and coalescing); `false` moves one packet per
+    /// read and write.
+    #[arg(long, default_value_t = true, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub offload: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DownArgs {
+    /// The wg-quick file given to `cloudpipe up`.
+    pub config: PathBuf,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -24,3 +24,4 @@ pub mod packet;
 pub mod payload;
 pub mod pool;
 pub mod wg;
+pub mod wg_quick;

@@ -5,6 +5,7 @@ mod network;
 mod openstack;
 mod payload;
 mod publish;
+mod up;
 
 use crate::cli::{Cli, Command, PayloadArgs, PayloadCmd};
 use crate::model::Network;
@@ -22,8 +23,15 @@ pub fn run(cli: Cli) -> Result<()> {
     {
         return payload::inspect(file);
     }
+    // The client mode runs from a wg-quick file alone.
+    let command = match cli.command {
+        Command::Up(args) => return up::up(args),
+        Command::Down(args) => return up::down(args),
+        other => other,
+    };
     let state = StateDir::open(cli.state_dir)?;
-    match cli.command {
+    match command {
+        Command::Up(_) | Command::Down(_) => unreachable!("handled above"),
         Command::Network(cmd) => network::run(&state, cmd),
         Command::Client(cmd) => client::run(&state, cmd),
         Command::Payload(args) => payload::run(&state, args),
