@@ -131,14 +131,21 @@ pub trait UdpIo: Send + Sync + 'static {
 pub trait TunIo: Send + Sync + 'static {
     /// Wait for packets and read a batch into `packets`. `Ok(false)`: stopped.
     fn recv(&self, packets: &mut TunPackets, stop: &Stop) -> io::Result<bool>;
-    /// Write every packet of `batch` (coalescing where the device allows).
-    fn send(&self, batch: &mut TunBatch) -> io::Result<()>;
+    /// Write every packet of `batch` (coalescing where the device allows); returns
+    /// how many writes the kernel refused (those packets are lost). Errors only
+    /// when the device itself is unusable.
+    fn send(&self, batch: &mut TunBatch) -> io::Result<usize>;
     /// Bytes to leave in front of each packet written ([`TunBatch`] headroom).
     fn headroom(&self) -> usize;
     /// A [`TunPackets`] sized for this queue.
     fn packets(&self) -> TunPackets;
     /// Largest packet a read returns or a write should carry (bytes).
     fn max_packet(&self) -> usize;
+    /// A [`TunBatch`] for writes to this queue: headroom, and room in each buffer
+    /// for what the queue coalesces into it.
+    fn batch(&self) -> TunBatch {
+        TunBatch::new(self.headroom(), self.max_packet())
+    }
 }
 
 impl<T: UdpIo> UdpIo for std::sync::Arc<T> {
@@ -160,7 +167,7 @@ impl<T: TunIo> TunIo for std::sync::Arc<T> {
     fn recv(&self, packets: &mut TunPackets, stop: &Stop) -> io::Result<bool> {
         (**self).recv(packets, stop)
     }
-    fn send(&self, batch: &mut TunBatch) -> io::Result<()> {
+    fn send(&self, batch: &mut TunBatch) -> io::Result<usize> {
         (**self).send(batch)
     }
     fn headroom(&self) -> usize {
@@ -171,6 +178,9 @@ impl<T: TunIo> TunIo for std::sync::Arc<T> {
     }
     fn max_packet(&self) -> usize {
         (**self).max_packet()
+    }
+    fn batch(&self) -> TunBatch {
+        (**self).batch()
     }
 }
 

@@ -231,11 +231,11 @@ impl TunIo for TunPipeQueue {
         Ok(self.pipe.to_tunnel[self.index].take(room, stop, |p| packets.push(&p)))
     }
 
-    fn send(&self, batch: &mut TunBatch) -> io::Result<()> {
+    fn send(&self, batch: &mut TunBatch) -> io::Result<usize> {
         for p in batch.iter() {
             self.pipe.from_tunnel.push(p.to_vec());
         }
-        Ok(())
+        Ok(0)
     }
 
     fn headroom(&self) -> usize {

@@ -13,6 +13,15 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::Mutex;
 use tun_rs::{GROTable, SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
+/// Buffers one read may need: a 64 KiB TSO super-packet split at a small MSS
+/// (tun-rs's batch size, as wireguard-go's).
+const MAX_SPLIT: usize = IDEAL_BATCH_SIZE;
+/// Packets one coalescing write may merge: the kernel's UDP_MAX_SEGMENTS on older
+/// kernels (linux/udp.h), the bound of a USO packet it accepts from a TUN writer.
+const MAX_COALESCE: usize = 64;
+/// Buffers of a read batch: room for one worst-case split and more reads after it.
+const READ_BUFFERS: usize = 2 * IDEAL_BATCH_SIZE;
+
 /// The TUN transmit queue: the kernel's default of 500 packets is short for a
 /// multi-gigabit burst (REFERENCE.md 5); 1000 is Ethernet's default.
 pub const TX_QUEUE_LEN: u32 = 1000;
@@ -94,9 +103,27 @@ impl TunQueue {
 
     fn read(&self, p: &mut TunPackets) -> io::Result<usize> {
         if self.offload {
-            return self
-                .dev
-                .recv_multiple(&mut p.original, &mut p.bufs, &mut p.sizes, 0);
+            // One read is one packet or one super-packet. Small packets (TCP ACKs
+            // of a download) come one per read: keep reading while a worst-case
+            // split still fits, so that a batch, and its GSO send, holds many.
+            let mut n = 0;
+            while p.bufs.len() - n >= MAX_SPLIT {
+                let r =
+                    self.dev
+                        .recv_multiple(&mut p.original, &mut p.bufs[n..], &mut p.sizes[n..], 0);
+                match r {
+                    Ok(k) => n += k,
+                    Err(e) if n > 0 && e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if n > 0 => {
+                        // Deliver what was read; a persistent error shows on the
+                        // next call.
+                        tracing::debug!(error = %e, "TUN read");
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            return Ok(n);
         }
         // One packet per read without offloads: drain what is queued, up to the batch.
         let mut n = 0;
@@ -139,33 +166,37 @@ impl TunIo for TunQueue {
         }
     }
 
-    fn send(&self, batch: &mut TunBatch) -> io::Result<()> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let r = if self.offload {
+    fn send(&self, batch: &mut TunBatch) -> io::Result<usize> {
+        let mut refused = 0;
+        if self.offload {
             let mut gro = self.gro.lock().unwrap_or_else(|e| e.into_inner());
-            self.dev
-                .send_multiple(&mut gro, batch.buffers_mut(), VIRTIO_NET_HDR_LEN)
-                .map(drop)
-        } else {
-            let mut r = Ok(());
-            for b in batch.buffers_mut() {
-                if let Err(e) = self.dev.send(b) {
-                    r = Err(e);
+            // tun-rs coalesces a UDP flow without bounding the segment count, and
+            // the kernel refuses a USO packet of more than UDP_MAX_SEGMENTS (64 on
+            // older kernels, 128 now) with EINVAL: hand it at most that many
+            // packets at a time. (TCP runs stop at 64 KiB, about 46 segments.)
+            for chunk in batch.buffers_mut().chunks_mut(MAX_COALESCE) {
+                if let Err(e) = self.dev.send_multiple(&mut gro, chunk, VIRTIO_NET_HDR_LEN) {
+                    if is_fatal(&e) {
+                        return Err(e);
+                    }
+                    // A write the kernel refused (bad header, no route): lost, not
+                    // fatal. tun-rs reports the last error of the chunk only.
+                    tracing::debug!(error = %e, "TUN write");
+                    refused += 1;
                 }
             }
-            r
-        };
-        match r {
-            Ok(()) => Ok(()),
-            Err(e) if is_fatal(&e) => Err(e),
-            // A packet the kernel refused (bad header, no route): lost, not fatal.
-            Err(e) => {
-                tracing::debug!(error = %e, "TUN write");
-                Ok(())
+        } else {
+            for b in batch.buffers_mut() {
+                if let Err(e) = self.dev.send(b) {
+                    if is_fatal(&e) {
+                        return Err(e);
+                    }
+                    tracing::debug!(error = %e, "TUN write");
+                    refused += 1;
+                }
             }
         }
+        Ok(refused)
     }
 
     fn headroom(&self) -> usize {
@@ -178,13 +209,24 @@ impl TunIo for TunQueue {
 
     fn packets(&self) -> TunPackets {
         TunPackets::new(
-            if self.offload { IDEAL_BATCH_SIZE } else { 64 },
+            if self.offload { READ_BUFFERS } else { 64 },
             self.packet_len,
         )
     }
 
     fn max_packet(&self) -> usize {
         self.packet_len
+    }
+
+    fn batch(&self) -> TunBatch {
+        // tun-rs coalesces a TCP run into its first buffer only if that buffer
+        // already has room for the whole 64 KiB super-packet (and its header twice).
+        let capacity = if self.offload {
+            2 * VIRTIO_NET_HDR_LEN + 65_535
+        } else {
+            self.packet_len
+        };
+        TunBatch::with_capacity(self.headroom(), self.packet_len, capacity)
     }
 }
 

@@ -159,17 +159,27 @@ pub struct TunBatch {
     count: usize,
     headroom: usize,
     slot_len: usize,
+    capacity: usize,
 }
 
 impl TunBatch {
     /// Packets of up to `slot_len` bytes, each buffer with `headroom` bytes in front
     /// (`VIRTIO_NET_HDR_LEN` when the TUN device has offloads on, else 0).
     pub fn new(headroom: usize, slot_len: usize) -> Self {
+        Self::with_capacity(headroom, slot_len, headroom + slot_len)
+    }
+
+    /// Like [`TunBatch::new`], with every buffer allocated for `capacity` bytes: a
+    /// writer that coalesces TCP segments into the first one of a run (GRO, up to
+    /// 64 KiB) needs the room there, and will not grow a buffer itself. Pages are
+    /// only touched as they are written.
+    pub fn with_capacity(headroom: usize, slot_len: usize, capacity: usize) -> Self {
         Self {
             bufs: Vec::new(),
             count: 0,
             headroom,
             slot_len,
+            capacity: capacity.max(headroom + slot_len),
         }
     }
 
@@ -177,7 +187,7 @@ impl TunBatch {
     /// what was written there; otherwise the next call returns the same room.
     pub fn slot(&mut self) -> &mut [u8] {
         if self.bufs.len() == self.count {
-            self.bufs.push(Vec::new());
+            self.bufs.push(Vec::with_capacity(self.capacity));
         }
         let b = &mut self.bufs[self.count];
         b.resize(self.headroom + self.slot_len, 0);
@@ -320,5 +330,11 @@ mod tests {
         b.clear();
         assert!(b.is_empty());
         assert_eq!(b.slot().len(), 64);
+        let mut c = TunBatch::with_capacity(10, 64, 65_555);
+        c.push(b"x");
+        assert!(
+            c.buffers_mut()[0].capacity() >= 65_555,
+            "room to coalesce into"
+        );
     }
 }

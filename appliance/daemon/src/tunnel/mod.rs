@@ -190,6 +190,20 @@ pub fn spawn(
         loop {
             tokio::select! {
                 r = &mut done => {
+                    let stats = watched.tunnel.device().stats();
+                    let drops: Vec<String> = stats
+                        .drops_by_reason()
+                        .filter(|(_, n)| *n > 0)
+                        .map(|(r, n)| format!("{}={n}", r.as_str()))
+                        .collect();
+                    info!(
+                        rx_datagrams = stats.rx_datagrams,
+                        to_tun = stats.to_tun,
+                        to_network = stats.to_network,
+                        tun_write_errors = watched.tunnel.io_stats().tun_write_errors,
+                        drops = %drops.join(","),
+                        "tunnel counters"
+                    );
                     return match r {
                         Ok(None) => { info!("tunnel stopping"); Ok(()) }
                         Ok(Some(e)) => Err(anyhow::anyhow!("{e}")),

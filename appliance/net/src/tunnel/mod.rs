@@ -11,6 +11,7 @@ use crate::io::{TunIo, UdpIo};
 use crate::stop::Stop;
 use cloudpipe_core::wg::{Device, Transmits, TunBatch, Worker};
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -21,6 +22,18 @@ pub const TIMER_TICK: Duration = Duration::from_millis(100);
 pub const RATE_LIMIT_PERIOD: Duration = Duration::from_secs(1);
 /// Starting room of a UDP output queue (grows if a batch needs more).
 const TX_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, Default)]
+struct IoStats {
+    tun_write_errors: AtomicU64,
+}
+
+/// What the I/O sides counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoCounters {
+    /// TUN writes the kernel refused (each lost one packet, or one coalesced run).
+    pub tun_write_errors: u64,
+}
 
 /// Why the tunnel stopped on its own.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,6 +67,7 @@ impl Exit {
 /// A running tunnel. Dropping it stops the threads and waits for them.
 pub struct Tunnel {
     device: Arc<Device>,
+    io: Arc<IoStats>,
     stop: Arc<Stop>,
     exit: Arc<Exit>,
     threads: Vec<JoinHandle<()>>,
@@ -79,6 +93,7 @@ impl Tunnel {
         let tun: Vec<Arc<T>> = tun.into_iter().map(Arc::new).collect();
         let mut tunnel = Tunnel {
             device: device.clone(),
+            io: Arc::new(IoStats::default()),
             stop: stop.clone(),
             exit: exit.clone(),
             threads: Vec::new(),
@@ -87,6 +102,7 @@ impl Tunnel {
             let t = &tun[i % tun.len()];
             let ctx = Ctx {
                 worker: device.worker(),
+                io: tunnel.io.clone(),
                 udp: u.clone(),
                 tun: t.clone(),
                 stop: stop.clone(),
@@ -95,6 +111,7 @@ impl Tunnel {
             tunnel.spawn(format!("cp-rx-{i}"), move || ctx.udp_to_tun())?;
             let ctx = Ctx {
                 worker: device.worker(),
+                io: tunnel.io.clone(),
                 udp: u.clone(),
                 tun: t.clone(),
                 stop: stop.clone(),
@@ -127,6 +144,13 @@ impl Tunnel {
 
     pub fn device(&self) -> &Arc<Device> {
         &self.device
+    }
+
+    /// Counters of the I/O sides (what the device's own counters cannot see).
+    pub fn io_stats(&self) -> IoCounters {
+        IoCounters {
+            tun_write_errors: self.io.tun_write_errors.load(Ordering::Relaxed),
+        }
     }
 
     /// Number of worker threads (two per queue) and the timer thread.
@@ -186,6 +210,7 @@ impl Drop for Tunnel {
 
 struct Ctx<U, T> {
     worker: Worker,
+    io: Arc<IoStats>,
     udp: Arc<U>,
     tun: Arc<T>,
     stop: Arc<Stop>,
@@ -197,7 +222,7 @@ impl<U: UdpIo, T: TunIo> Ctx<U, T> {
     fn udp_to_tun(mut self) {
         let mut batch = self.udp.batch();
         let mut net = Transmits::new(TX_BYTES, self.udp.max_segments());
-        let mut tun = TunBatch::new(self.tun.headroom(), self.tun.max_packet());
+        let mut tun = self.tun.batch();
         loop {
             match self.udp.recv(&mut batch, &self.stop) {
                 Ok(true) => {}
@@ -219,7 +244,7 @@ impl<U: UdpIo, T: TunIo> Ctx<U, T> {
     fn tun_to_udp(mut self) {
         let mut packets = self.tun.packets();
         let mut net = Transmits::new(TX_BYTES, self.udp.max_segments());
-        let mut tun = TunBatch::new(self.tun.headroom(), self.tun.max_packet());
+        let mut tun = self.tun.batch();
         loop {
             match self.tun.recv(&mut packets, &self.stop) {
                 Ok(true) => {}
@@ -238,15 +263,19 @@ impl<U: UdpIo, T: TunIo> Ctx<U, T> {
     }
 
     fn flush(&self, net: &mut Transmits, tun: &mut TunBatch) -> Result<(), TunnelError> {
-        let r = self
-            .tun
-            .send(tun)
-            .map_err(|e| TunnelError::Tun(e.to_string()))
-            .and(
+        let r = match self.tun.send(tun) {
+            Ok(refused) => {
+                if refused > 0 {
+                    self.io
+                        .tun_write_errors
+                        .fetch_add(refused as u64, Ordering::Relaxed);
+                }
                 self.udp
                     .send(net, &self.stop)
-                    .map_err(|e| TunnelError::Udp(e.to_string())),
-            );
+                    .map_err(|e| TunnelError::Udp(e.to_string()))
+            }
+            Err(e) => Err(TunnelError::Tun(e.to_string())),
+        };
         tun.clear();
         net.clear();
         r
