@@ -29,7 +29,7 @@ for hook in "$el"/extra-data.d/* "$el"/install.d/* "$el"/post-install.d/*; do
     bash -n "$hook" || err "$name: bash syntax"
 done
 bash -n "$el/environment.d/10-cloudpipe.bash" || err "environment.d: bash syntax"
-for script in "$root/scripts/build-image" "$here"/no-device-mapper/*; do
+for script in "$root/scripts/build-image" "$root/scripts/image-smoke" "$here"/no-device-mapper/*; do
     bash -n "$script" || err "${script#"$root"/}: bash syntax"
 done
 # What extra-data.d copies must exist in the repository.
