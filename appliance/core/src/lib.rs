@@ -7,7 +7,8 @@
 //! appliance ([`overlay`]); and the WireGuard data path's logic: checked IP packet
 //! views ([`packet`]) and a role-neutral WireGuard device ([`wg`]: peers, the
 //! allowed-IPs trie, routing per role, GSO-shaped output queues, counters) that runs
-//! every peer's boringtun session.
+//! every peer's boringtun session. For a running appliance: the `wg` userspace API
+//! codec ([`uapi`]).
 //!
 //! This crate does not open sockets, files or devices, nor read the clock: callers
 //! pass bytes and `now` in and send what comes out. (boringtun's timers keep their
@@ -23,5 +24,6 @@ pub mod overlay;
 pub mod packet;
 pub mod payload;
 pub mod pool;
+pub mod uapi;
 pub mod wg;
 pub mod wg_quick;
