@@ -116,6 +116,11 @@ pub struct NetworkOptions {
     /// UDP listen port.
     #[arg(long, default_value_t = cloudpipe_core::config::DEFAULT_LISTEN_PORT)]
     pub port: u16,
+    /// Serve live status (JSON) and Prometheus metrics over HTTP on this TCP port of
+    /// the appliance's tenant address, for the tenant subnet and tunnel clients
+    /// (`cloudpipe status --all`, `network show --live`) [default: off].
+    #[arg(long, value_name = "PORT")]
+    pub status_port: Option<u16>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -46,6 +46,7 @@ pub fn run(state: &StateDir, cmd: NetworkCmd) -> Result<()> {
                 client_to_client: true,
                 mtu: cloudpipe_core::config::DEFAULT_TUNNEL_MTU,
                 port: cloudpipe_core::config::DEFAULT_LISTEN_PORT,
+                status_port: None,
             };
             create(state, &name, &opts)?;
             eprintln!(
@@ -125,6 +126,7 @@ fn flag_of(field: &str) -> String {
     match base {
         "network" => "network name".into(),
         "listen_port" => "--port".into(),
+        "status_port" => "--status-port".into(),
         "routes" => format!("--route{}", &field[base.len()..]),
         "cidr" | "gateway" | "address" | "mtu" | "dns" | "pool" | "mode" => format!("--{base}"),
         _ => field.to_string(),
@@ -195,6 +197,7 @@ fn create(state: &StateDir, name: &str, o: &NetworkOptions) -> Result<()> {
         mtu: o.mtu,
         listen_port: o.port,
         endpoint,
+        status_port: o.status_port,
     };
 
     let key = PrivateKey::generate(&mut rand_core::OsRng);
@@ -260,6 +263,13 @@ fn show(net: &Network) -> Result<()> {
         .map(|r| r.to_string())
         .collect();
     println!("client routes:    {}", routes.join(", "));
+    match f.status_port {
+        Some(p) => println!(
+            "status:           http://{}:{p}/status and /metrics (tenant subnet and clients)",
+            f.address
+        ),
+        None => println!("status:           off (network create --status-port)"),
+    }
     if !f.dns.is_empty() {
         let dns: Vec<String> = f.dns.iter().map(|d| d.to_string()).collect();
         println!("dns:              {}", dns.join(", "));
