@@ -1214,4 +1214,15 @@ fn status_port_and_endpoint_travel_in_the_payload() {
         text.contains("\"endpoint\": \"198.51.100.7:1194\""),
         "{text}"
     );
+    // The recipe opens the port to the tenant subnet only.
+    let recipe = s.ok(&["openstack", "net1"]);
+    assert!(
+        recipe.contains(
+            "--ingress --protocol tcp --dst-port 9100 --remote-ip 10.0.0.0/24 cloudpipe-net1"
+        ),
+        "{recipe}"
+    );
+    let plain = State::new("status-port-off");
+    plain.create(&[]);
+    assert!(!plain.ok(&["openstack", "net1"]).contains("--protocol tcp"));
 }

@@ -8,12 +8,12 @@
 //! appliance's identity).
 
 use crate::nat;
-use cloudpipe_net::netconf::{self, Link, Net};
 use crate::run::Settings;
 use crate::tunnel;
 use cloudpipe_core::config::{Config, Mode};
 use cloudpipe_core::pool::Pool;
 use cloudpipe_core::reconcile::HostDiff;
+use cloudpipe_net::netconf::{self, Link, Net};
 
 /// Everything this daemon adds to the system and must remove on a clean stop.
 #[derive(Debug, Clone)]

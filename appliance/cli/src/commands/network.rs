@@ -87,7 +87,26 @@ pub fn run(state: &StateDir, cmd: NetworkCmd) -> Result<()> {
             }
             Ok(())
         }
-        NetworkCmd::Show { name } => show(&open(state, &name)?),
+        NetworkCmd::Show { name, live } => {
+            let stored = {
+                let net = open(state, &name)?;
+                show(&net)?;
+                super::status::Stored::from(&net)
+            };
+            if live {
+                // The network's lock is released while the appliance is asked.
+                let r = super::status::report(stored);
+                println!();
+                print!("{}", super::status::render_report(&r));
+                if !r.reachable {
+                    anyhow::bail!(
+                        "the appliance of {name} is not reachable: {}",
+                        r.error.unwrap_or_default()
+                    );
+                }
+            }
+            Ok(())
+        }
         NetworkCmd::SetEndpoint { name, endpoint } => {
             let mut net = open(state, &name)?;
             let endpoint = normalize_endpoint(&endpoint, net.file.listen_port)?;
