@@ -169,6 +169,36 @@ struct HostState {
     routes: BTreeSet<Ipv4Network>,
 }
 
+/// How two keyed sets differ, keys in order: only in `after` (added), only in
+/// `before` (removed), in both with different values (changed). The one comparison
+/// of old and new peer sets: the reconciler's diffs and readings, and the
+/// overlay the CLI publishes ([`crate::overlay::Overlay::between`]) use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyedDiff<'a, K> {
+    pub added: Vec<&'a K>,
+    pub removed: Vec<&'a K>,
+    pub changed: Vec<&'a K>,
+}
+
+pub fn keyed_diff<'a, K: Ord, V: PartialEq>(
+    before: &'a BTreeMap<K, V>,
+    after: &'a BTreeMap<K, V>,
+) -> KeyedDiff<'a, K> {
+    let mut d = KeyedDiff {
+        added: Vec::new(),
+        removed: before.keys().filter(|k| !after.contains_key(*k)).collect(),
+        changed: Vec::new(),
+    };
+    for (k, v) in after {
+        match before.get(k) {
+            None => d.added.push(k),
+            Some(old) if old != v => d.changed.push(k),
+            Some(_) => {}
+        }
+    }
+    d
+}
+
 /// The network facts the reconciler needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Network {
@@ -223,14 +253,17 @@ impl Reconciler {
             .filter(|p| p.public_key != self.net.own_key)
             .map(|p| (p.public_key, p))
             .collect();
-        let keys: BTreeSet<PublicKey> = next.keys().chain(self.metadata.keys()).copied().collect();
+        let d = keyed_diff(&self.metadata, &next);
+        let touched: Vec<PublicKey> = d
+            .added
+            .into_iter()
+            .chain(d.changed)
+            .chain(d.removed)
+            .copied()
+            .collect();
         self.change(|r, diff| {
-            for k in keys {
-                let (before, after) = (r.metadata.get(&k), next.get(&k));
-                if before == after {
-                    continue;
-                }
-                match after {
+            for k in touched {
+                match next.get(&k) {
                     Some(p) => {
                         let wanted = DesiredPeer {
                             name: Some(p.name.clone()),
@@ -366,16 +399,14 @@ impl Reconciler {
         let host_before = self.host_state();
         let mut diff = Diff::default();
         f(self, &mut diff);
-        for k in before.keys() {
-            if !self.desired.contains_key(k) {
-                diff.remove.push(*k);
-            }
-        }
-        for (k, p) in &self.desired {
-            if before.get(k) != Some(p) {
-                diff.upsert.push(p.config.clone());
-            }
-        }
+        let d = keyed_diff(&before, &self.desired);
+        diff.remove = d.removed.into_iter().copied().collect();
+        let mut upserts: Vec<&PublicKey> = d.added.into_iter().chain(d.changed).collect();
+        upserts.sort();
+        diff.upsert = upserts
+            .into_iter()
+            .map(|k| self.desired[k].config.clone())
+            .collect();
         diff.endpoints.retain(|(k, _)| self.desired.contains_key(k));
         let host_after = self.host_state();
         diff.host = HostDiff {

@@ -416,3 +416,16 @@ fn diffs_applied_to_a_device_track_the_desired_set() {
     r.metadata(vec![c.peers[1].clone()]).apply_to(&device);
     check(&r);
 }
+
+#[test]
+fn keyed_diff_names_added_removed_and_changed_keys() {
+    let before: BTreeMap<u8, &str> = [(1, "a"), (2, "b"), (3, "c")].into_iter().collect();
+    let after: BTreeMap<u8, &str> = [(2, "b"), (3, "C"), (4, "d")].into_iter().collect();
+    let d = keyed_diff(&before, &after);
+    assert_eq!(
+        (d.added, d.removed, d.changed),
+        (vec![&4], vec![&1], vec![&3])
+    );
+    let d = keyed_diff(&after, &after);
+    assert!(d.added.is_empty() && d.removed.is_empty() && d.changed.is_empty());
+}
