@@ -448,3 +448,59 @@ fn sigterm_and_sigint_stop_within_two_seconds_and_remove_what_they_made() {
         m.start_daemon();
     }
 }
+
+#[test]
+fn a_restart_rebuilds_the_peer_set_from_the_payload_and_the_metadata() {
+    let Some((mut m, alice, _)) = Mission::with_alice(&[]) else {
+        return;
+    };
+    let alice_key = alice.public_key();
+    // Changes through wg last as long as the process, like a kernel interface's.
+    let stranger = cloudpipe_core::keys::PrivateKey::from_bytes([77; 32])
+        .public_key()
+        .to_base64();
+    m.lab
+        .wg_ok(&["set", "cloudpipe0", "peer", &alice_key, "remove"]);
+    m.lab.wg_ok(&[
+        "set",
+        "cloudpipe0",
+        "peer",
+        &stranger,
+        "allowed-ips",
+        "10.77.0.253/32",
+    ]);
+    let (_, peers) = dump(&m.lab);
+    let keys: Vec<&str> = peers.iter().map(|p| p.public_key.as_str()).collect();
+    assert_eq!(keys, vec![stranger.as_str()]);
+    let proxies = m.lab.ip(&m.lab.cloudpipe(), "neigh show proxy").unwrap();
+    assert!(
+        proxies.contains("10.77.0.253 ") && !proxies.contains("10.77.0.250 "),
+        "{proxies}"
+    );
+    let exit = m
+        .daemon
+        .as_mut()
+        .unwrap()
+        .stop(Duration::from_secs(20))
+        .unwrap();
+    assert!(exit.status.success());
+    m.start_daemon();
+    let (_, peers) = dump(&m.lab);
+    let keys: Vec<&str> = peers.iter().map(|p| p.public_key.as_str()).collect();
+    assert_eq!(
+        keys,
+        vec![alice_key.as_str()],
+        "payload and metadata, nothing else"
+    );
+    let proxies = m.lab.ip(&m.lab.cloudpipe(), "neigh show proxy").unwrap();
+    assert!(
+        proxies.contains("10.77.0.250 ") && !proxies.contains("10.77.0.253 "),
+        "{proxies}"
+    );
+    wait_for(
+        Duration::from_secs(45),
+        "alice back after the restart",
+        || Ok(ping(&m.lab, &m.lab.outside(), "10.77.0.10", None)),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", m.log()));
+}
