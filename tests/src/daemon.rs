@@ -69,6 +69,12 @@ impl Lab {
         }
         cmd.push("--runtime-dir".into());
         cmd.push(run_dir.to_string_lossy().into_owned());
+        // The control socket goes to the lab's own directory: /var/run/wireguard is
+        // shared by every namespace (and every test running at once).
+        if !args.iter().any(|a| a.starts_with("--control-dir")) {
+            cmd.push("--control-dir".into());
+            cmd.push(self.control_dir().to_string_lossy().into_owned());
+        }
         cmd.extend(args.iter().map(|s| s.to_string()));
         let refs: Vec<&str> = cmd.iter().map(|s| s.as_str()).collect();
         let child = self.spawn_with(&self.cloudpipe(), &refs, |c| {
@@ -87,6 +93,51 @@ impl Lab {
         })
     }
 }
+
+impl Lab {
+    /// Where the lab's daemons put their control socket (`cloudpipe0.sock`).
+    pub fn control_dir(&self) -> PathBuf {
+        self.dir().join("wireguard")
+    }
+
+    /// The lab daemon's control socket.
+    pub fn control_socket(&self) -> PathBuf {
+        self.control_dir().join(format!("{}.sock", crate::TUN))
+    }
+
+    /// Run stock `wg ARGS...` against the lab's daemon, in the appliance namespace:
+    /// `wg` only looks in /var/run/wireguard, so the lab's control directory is
+    /// bind-mounted there, in the private mount namespace `ip netns exec` gives the
+    /// command (nothing outside sees the mount). Its output, whatever its status.
+    pub fn wg(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        // The mount point; wireguard-go creates it too.
+        std::fs::create_dir_all(WG_RUN_DIR)?;
+        let dir = self.control_dir();
+        let mut cmd = vec![
+            "sh",
+            "-c",
+            "mount --bind \"$0\" /run/wireguard && exec wg \"$@\"",
+            dir.to_str().expect("utf-8 lab path"),
+        ];
+        cmd.extend_from_slice(args);
+        self.output(&self.cloudpipe(), &cmd)
+    }
+
+    /// [`Lab::wg`] that must succeed: its standard output.
+    pub fn wg_ok(&self, args: &[&str]) -> String {
+        let out = self.wg(args).expect("running wg");
+        assert!(
+            out.status.success(),
+            "wg {args:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// Where `wg` looks for userspace implementations' sockets.
+const WG_RUN_DIR: &str = "/run/wireguard";
 
 impl Daemon {
     pub fn pid(&self) -> u32 {

@@ -153,6 +153,31 @@ impl WgClient {
         (it.next().unwrap_or(0), it.next().unwrap_or(0))
     }
 
+    /// The client's public key (base64).
+    pub fn public_key(&self) -> String {
+        in_ns(&self.ns, &["wg", "show", &self.iface, "public-key"])
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    }
+
+    /// The UDP port the client sends from.
+    pub fn listen_port(&self) -> Option<u16> {
+        in_ns(&self.ns, &["wg", "show", &self.iface, "listen-port"])
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Add `addr/prefix` to the client's interface (a network behind the client).
+    pub fn add_address(&self, cidr: &str) -> Result<(), String> {
+        in_ns(
+            &self.ns,
+            &["ip", "address", "add", cidr, "dev", &self.iface],
+        )
+        .map(|_| ())
+    }
+
     /// Move to another UDP source port: from the server's side, exactly what a NAT
     /// rebinding looks like.
     pub fn set_listen_port(&self, port: u16) -> Result<(), String> {

@@ -59,6 +59,36 @@ pub enum Command {
     Up(UpArgs),
     /// Take down what `cloudpipe up CONFIG` brought up.
     Down(DownArgs),
+    /// Live tunnel details: network, public endpoint, server key, tunnel MTU, pool
+    /// use, and per client name, address, endpoint, latest handshake, transfer and
+    /// state (online, idle, never connected, revoked).
+    ///
+    /// On the appliance (as root), from the daemon's control socket. With --all, on
+    /// the tenant's side: every network of the state directory, the stored clients
+    /// merged with what each appliance serves on its tenant address (`network create
+    /// --status-port`; reachable from a tenant VM or through the tunnel); networks
+    /// that cannot be reached are named, with why, and shown as stored.
+    Status(StatusArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Every network of the state directory, live where its appliance is reachable.
+    #[arg(long)]
+    pub all: bool,
+    /// Print JSON: the appliance's status document; with --all, one report per
+    /// network (reachable, error, live, merged clients).
+    #[arg(long)]
+    pub json: bool,
+    /// The appliance daemon's control socket (cloudpiped --control-dir/--tun-name).
+    #[arg(
+        long,
+        env = "CLOUDPIPE_SOCKET",
+        default_value = "/var/run/wireguard/cloudpipe0.sock",
+        value_name = "PATH",
+        conflicts_with = "all"
+    )]
+    pub socket: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -116,6 +146,11 @@ pub struct NetworkOptions {
     /// UDP listen port.
     #[arg(long, default_value_t = cloudpipe_core::config::DEFAULT_LISTEN_PORT)]
     pub port: u16,
+    /// Serve live status (JSON) and Prometheus metrics over HTTP on this TCP port of
+    /// the appliance's tenant address, for the tenant subnet and tunnel clients
+    /// (`cloudpipe status --all`, `network show --live`) [default: off].
+    #[arg(long, value_name = "PORT")]
+    pub status_port: Option<u16>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -149,6 +184,10 @@ pub enum NetworkCmd {
     Show {
         /// The network.
         name: String,
+        /// Also ask the appliance (its status listener, `--status-port`) who is
+        /// connected: latest handshake, transfer, state per client.
+        #[arg(long)]
+        live: bool,
     },
     /// Set where clients connect: the floating IP or a name, HOST[:PORT].
     SetEndpoint {

@@ -31,6 +31,9 @@ pub struct NetworkFile {
     pub listen_port: u16,
     /// `host:port` clients connect to (the floating IP).
     pub endpoint: Option<String>,
+    /// TCP port of the appliance's status and metrics listener (none: off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +110,8 @@ pub fn build_config(f: &NetworkFile, server_key: &PrivateKey, peers: &[Peer]) ->
         dns: f.dns.clone(),
         mode: f.mode,
         client_to_client: f.client_to_client,
+        endpoint: f.endpoint.clone(),
+        status_port: f.status_port,
         private_key: server_key.to_base64(),
         peers: peers.iter().map(PeerFile::from).collect(),
     };
@@ -291,6 +296,7 @@ mod tests {
             mtu: 1420,
             listen_port: 1194,
             endpoint: None,
+            status_port: None,
         };
         state::write_atomic(&server_key_path(&dir), key(1).to_base64().as_bytes(), 0o600).unwrap();
         state::write_json(&dir.join("network.json"), &file, 0o600).unwrap();

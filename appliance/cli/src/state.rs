@@ -71,6 +71,10 @@ impl StateDir {
         self.root.join(name)
     }
 
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Names of networks that exist (have a `network.json`).
     pub fn networks(&self) -> Result<Vec<String>> {
         let mut v: Vec<String> = std::fs::read_dir(&self.root)

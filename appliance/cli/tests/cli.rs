@@ -1189,3 +1189,40 @@ fn client_lifecycles_follow_the_naive_model() {
     }
     assert!(seen.iter().all(|&n| n > 0), "cases not covered: {seen:?}");
 }
+
+#[test]
+fn status_port_and_endpoint_travel_in_the_payload() {
+    let s = State::new("status-port");
+    let e = s.fails(&[
+        "network",
+        "create",
+        "net1",
+        "--cidr",
+        "10.0.0.0/24",
+        "--status-port",
+        "0",
+    ]);
+    assert!(e.contains("--status-port"), "{e}");
+    s.create(&["--status-port", "9100"]);
+    let show = s.ok(&["network", "show", "net1"]);
+    assert!(show.contains("http://10.0.0.2:9100/status"), "{show}");
+    let payload = s.ok(&["payload", "net1"]);
+    let inspected = run_with_stdin(&s.0, &["payload", "inspect", "-"], payload.as_bytes());
+    let text = String::from_utf8_lossy(&inspected.stdout);
+    assert!(text.contains("\"status_port\": 9100"), "{text}");
+    assert!(
+        text.contains("\"endpoint\": \"198.51.100.7:1194\""),
+        "{text}"
+    );
+    // The recipe opens the port to the tenant subnet only.
+    let recipe = s.ok(&["openstack", "net1"]);
+    assert!(
+        recipe.contains(
+            "--ingress --protocol tcp --dst-port 9100 --remote-ip 10.0.0.0/24 cloudpipe-net1"
+        ),
+        "{recipe}"
+    );
+    let plain = State::new("status-port-off");
+    plain.create(&[]);
+    assert!(!plain.ok(&["openstack", "net1"]).contains("--protocol tcp"));
+}

@@ -26,6 +26,8 @@ pub const MIN_MTU: u16 = 576;
 pub const MAX_MTU: u16 = 9000;
 /// Peer names end up in file names, metadata values and logs: keep them short and plain.
 pub const MAX_NAME_LEN: usize = 32;
+/// A DNS name (253) with a port fits.
+pub const MAX_ENDPOINT_LEN: usize = 261;
 
 /// How tenant VMs see clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -99,6 +101,13 @@ pub struct ConfigFile {
     pub mode: Mode,
     #[serde(default)]
     pub client_to_client: bool,
+    /// Where clients connect, `HOST:PORT` (the floating IP); shown by status only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// TCP port of the status and metrics listener on the appliance's tenant
+    /// address; unset: no listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_port: Option<u16>,
     pub private_key: String,
     #[serde(default)]
     pub peers: Vec<PeerFile>,
@@ -123,6 +132,8 @@ impl ConfigFile {
             dns: Vec::new(),
             mode: Mode::default(),
             client_to_client: false,
+            endpoint: None,
+            status_port: None,
             private_key: private_key.to_base64(),
             peers: Vec::new(),
         }
@@ -188,6 +199,10 @@ pub struct Config {
     pub dns: Vec<Ipv4Addr>,
     pub mode: Mode,
     pub client_to_client: bool,
+    /// Where clients connect (`HOST:PORT`), if the payload says; informational.
+    pub endpoint: Option<String>,
+    /// TCP port of the status and metrics listener, if any.
+    pub status_port: Option<u16>,
     pub private_key: PrivateKey,
     pub peers: Vec<Peer>,
 }
@@ -309,6 +324,8 @@ impl Config {
             dns: self.dns.clone(),
             mode: self.mode,
             client_to_client: self.client_to_client,
+            endpoint: self.endpoint.clone(),
+            status_port: self.status_port,
             private_key: self.private_key.to_base64(),
             peers: self.peers.iter().map(PeerFile::from).collect(),
         }
@@ -423,6 +440,25 @@ impl TryFrom<ConfigFile> for Config {
         if listen_port == 0 {
             return Err(err("listen_port", "must not be 0"));
         }
+        if f.status_port == Some(0) {
+            return Err(err(
+                "status_port",
+                "must not be 0 (leave it out for no status listener)",
+            ));
+        }
+        if let Some(e) = &f.endpoint {
+            if e.is_empty()
+                || e.len() > MAX_ENDPOINT_LEN
+                || e.contains(|c: char| c.is_whitespace() || c.is_control())
+            {
+                return Err(err(
+                    "endpoint",
+                    format!(
+                        "{e:?} is not HOST:PORT (at most {MAX_ENDPOINT_LEN} characters, no spaces)"
+                    ),
+                ));
+            }
+        }
         let reserved = [(gateway, "gateway"), (address, "appliance address")];
         let pool = match f.pool {
             Some(p) => Pool::new(p.first, p.last, subnet, &reserved),
@@ -468,6 +504,8 @@ impl TryFrom<ConfigFile> for Config {
             dns: f.dns,
             mode: f.mode,
             client_to_client: f.client_to_client,
+            endpoint: f.endpoint,
+            status_port: f.status_port,
             private_key,
             peers: Vec::new(),
         };
@@ -554,6 +592,12 @@ pub(crate) mod tests {
     fn round_trips_through_file() {
         let c = Config::try_from(sample_file()).unwrap();
         assert_eq!(Config::try_from(c.to_file()).unwrap(), c);
+        let mut f = sample_file();
+        f.endpoint = Some("203.0.113.10:1194".into());
+        f.status_port = Some(9100);
+        let c = Config::try_from(f).unwrap();
+        assert_eq!(c.status_port, Some(9100));
+        assert_eq!(Config::try_from(c.to_file()).unwrap(), c);
     }
 
     #[test]
@@ -594,6 +638,12 @@ pub(crate) mod tests {
         let mut f = sample_file();
         f.mtu = Some(100);
         assert_eq!(rejected(f).field, "mtu");
+        let mut f = sample_file();
+        f.status_port = Some(0);
+        assert_eq!(rejected(f).field, "status_port");
+        let mut f = sample_file();
+        f.endpoint = Some("vpn example:1194".into());
+        assert_eq!(rejected(f).field, "endpoint");
         let mut f = sample_file();
         f.pool = Some(PoolFile {
             first: "10.0.0.2".parse().unwrap(),

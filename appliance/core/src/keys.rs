@@ -19,6 +19,34 @@ pub enum KeyError {
     Base64,
     #[error("decodes to {0} bytes, a WireGuard key is 32")]
     Length(usize),
+    #[error("not 64 hexadecimal digits")]
+    Hex,
+}
+
+/// A key written as 64 hexadecimal digits (either case), as the `wg` UAPI writes
+/// keys (wireguard.com/xplatform).
+pub fn key_from_hex(s: &str) -> Result<[u8; KEY_LEN], KeyError> {
+    let s = s.as_bytes();
+    if s.len() != 2 * KEY_LEN {
+        return Err(KeyError::Hex);
+    }
+    let digit = |c: u8| (c as char).to_digit(16).ok_or(KeyError::Hex);
+    let mut out = [0u8; KEY_LEN];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = (digit(s[2 * i])? << 4 | digit(s[2 * i + 1])?) as u8;
+    }
+    Ok(out)
+}
+
+/// Lower-case hex of a key, as the `wg` UAPI writes keys.
+pub fn key_to_hex(bytes: &[u8; KEY_LEN]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(2 * KEY_LEN);
+    for b in bytes {
+        s.push(HEX[(b >> 4) as usize] as char);
+        s.push(HEX[(b & 0xf) as usize] as char);
+    }
+    s
 }
 
 fn decode_key(s: &str) -> Result<[u8; KEY_LEN], KeyError> {
@@ -42,7 +70,7 @@ impl PublicKey {
     }
     /// Lower-case hex, as the `wg` UAPI writes keys.
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        key_to_hex(&self.0)
     }
 }
 
@@ -92,6 +120,10 @@ impl PrivateKey {
     pub fn to_base64(&self) -> String {
         STANDARD.encode(self.0)
     }
+    /// Lower-case hex, for the `wg` UAPI's `get` (a 0600 socket) only.
+    pub fn to_hex(&self) -> String {
+        key_to_hex(&self.0)
+    }
 }
 
 impl fmt::Debug for PrivateKey {
@@ -125,6 +157,10 @@ impl PresharedKey {
     }
     pub fn to_base64(&self) -> String {
         STANDARD.encode(self.0)
+    }
+    /// Lower-case hex, for the `wg` UAPI's `get` (a 0600 socket) only.
+    pub fn to_hex(&self) -> String {
+        key_to_hex(&self.0)
     }
 }
 
@@ -171,6 +207,24 @@ mod tests {
         assert_eq!(pk.to_base64().parse::<PublicKey>().unwrap(), pk);
         assert_eq!("!!".parse::<PublicKey>(), Err(KeyError::Base64));
         assert_eq!("AAAA".parse::<PublicKey>(), Err(KeyError::Length(3)));
+    }
+
+    #[test]
+    fn hex_round_trip_and_errors() {
+        let bytes: [u8; 32] = std::array::from_fn(|i| (i * 9) as u8);
+        let hex = key_to_hex(&bytes);
+        assert_eq!(hex.len(), 64);
+        assert_eq!(key_from_hex(&hex), Ok(bytes));
+        assert_eq!(key_from_hex(&hex.to_uppercase()), Ok(bytes));
+        assert_eq!(key_from_hex(&hex[..62]), Err(KeyError::Hex));
+        assert_eq!(
+            key_from_hex(&format!("{}zz", &hex[..62])),
+            Err(KeyError::Hex)
+        );
+        assert_eq!(
+            key_from_hex(&format!("{}\u{e9}", &hex[..62])),
+            Err(KeyError::Hex)
+        );
     }
 
     #[test]

@@ -7,7 +7,10 @@
 //! appliance ([`overlay`]); and the WireGuard data path's logic: checked IP packet
 //! views ([`packet`]) and a role-neutral WireGuard device ([`wg`]: peers, the
 //! allowed-IPs trie, routing per role, GSO-shaped output queues, counters) that runs
-//! every peer's boringtun session.
+//! every peer's boringtun session. Around a running appliance: the one owner of its
+//! peer set ([`reconcile`]: sources hand it changes, it returns one diff for the
+//! device and the host), the `wg` userspace API codec ([`uapi`]) and the live
+//! status document ([`status`]).
 //!
 //! This crate does not open sockets, files or devices, nor read the clock: callers
 //! pass bytes and `now` in and send what comes out. (boringtun's timers keep their
@@ -23,5 +26,8 @@ pub mod overlay;
 pub mod packet;
 pub mod payload;
 pub mod pool;
+pub mod reconcile;
+pub mod status;
+pub mod uapi;
 pub mod wg;
 pub mod wg_quick;

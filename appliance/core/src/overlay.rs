@@ -155,17 +155,21 @@ impl Overlay {
         Ok(peers)
     }
 
-    /// The overlay that takes a payload with `booted` peers to the `current` ones.
+    /// The overlay that takes a payload with `booted` peers to the `current` ones
+    /// (by public key; a peer kept under its key is not republished).
     pub fn between(booted: &[Peer], current: &[Peer]) -> Self {
-        let now: BTreeSet<_> = current.iter().map(|p| p.public_key).collect();
-        let then: BTreeSet<_> = booted.iter().map(|p| p.public_key).collect();
+        let by_key = |peers: &[Peer]| -> BTreeMap<PublicKey, ()> {
+            peers.iter().map(|p| (p.public_key, ())).collect()
+        };
+        let (then, now) = (by_key(booted), by_key(current));
+        let d = crate::reconcile::keyed_diff(&then, &now);
         Overlay {
             added: current
                 .iter()
-                .filter(|p| !then.contains(&p.public_key))
+                .filter(|p| d.added.contains(&&p.public_key))
                 .cloned()
                 .collect(),
-            revoked: then.difference(&now).copied().collect(),
+            revoked: d.removed.into_iter().copied().collect(),
         }
     }
 }

@@ -633,6 +633,8 @@ echo "client-to-client" >> server.conf
                     dns: vec![],
                     mode: if masq { Mode::Masquerade } else { Mode::ProxyArp },
                     client_to_client: c2c,
+                    endpoint: (seed % 2 == 0).then(|| "203.0.113.10:1194".into()),
+                    status_port: (seed % 3 == 0).then_some(9100),
                     private_key: PrivateKey::from_bytes([seed; 32]).to_base64(),
                     peers: (0..n).map(|i| PeerFile {
                         name: format!("p{i}"),

@@ -3,18 +3,22 @@
 //! At boot it finds the payload (config drive, metadata service, or `--payload`),
 //! checks it, configures the VM's tenant interface, forwarding, the `cloudpipe0` TUN
 //! and proxy ARP or NAT, then terminates WireGuard on UDP 1194 until SIGTERM, taking
-//! client changes from instance properties without a restart. See run.rs for the
-//! order of things; this file only parses flags and sets up logging.
+//! client changes from instance properties and from `wg` (the control socket)
+//! without a restart. See run.rs for the order of things; this file only parses
+//! flags and sets up logging.
 
 mod backoff;
 mod configdrive;
+mod control;
 mod http;
 mod metadata;
 mod nat;
 mod notify;
+mod plumbing;
 mod privileges;
 mod run;
 mod source;
+mod supervisor;
 mod tunnel;
 
 use clap::Parser;
@@ -29,7 +33,7 @@ use std::time::Duration;
     about,
     after_help = "Exit status: 0 clean stop (SIGTERM/SIGINT), 1 failure, 2 payload rejected, \
                   3 no payload (404 or empty config drive), 4 metadata service not usable \
-                  within --boot-timeout. SIGHUP re-reads the payload and instance properties; SIGUSR1 logs one status line per peer."
+                  within --boot-timeout. SIGHUP re-reads the payload and instance properties; SIGUSR1 logs one status line per peer; SIGTERM and SIGINT stop within 2 s, removing the TUN device, proxy entries, NAT rules and the control socket.\n\nThe control socket (--control-dir/<tun-name>.sock) speaks WireGuard's userspace API: stock `wg show`, `wg set`, `wg syncconf` work against it. `cloudpipe status` reads the same socket."
 )]
 struct Args {
     /// Read the payload from this file (any encoding) instead of the config drive or
@@ -66,6 +70,11 @@ struct Args {
     /// Name of the TUN device.
     #[arg(long, env = "CLOUDPIPED_TUN_NAME", default_value = tunnel::DEFAULT_TUN_NAME)]
     tun_name: String,
+
+    /// Directory of the control socket `<tun-name>.sock` (the `wg` UAPI, mode
+    /// 0600); `wg` looks in /var/run/wireguard.
+    #[arg(long, env = "CLOUDPIPED_CONTROL_DIR", default_value = control::socket::DEFAULT_DIR, value_name = "DIR")]
+    control_dir: PathBuf,
 
     /// Data-path worker queues, each a TUN queue and a UDP socket with two threads
     /// (0: one per CPU).
@@ -144,6 +153,7 @@ fn main() -> ExitCode {
         },
         poll_interval: args.poll_interval,
         tun_name: args.tun_name,
+        control_dir: args.control_dir,
         data_path: tunnel::DataPath {
             workers: args.workers,
             offload: args.tun_offload,

@@ -1,26 +1,25 @@
-//! Orchestration: the only module that knows sources, network configuration and the
-//! tunnel together.
+//! The daemon's lifecycle: boot, privileges, runtimes, exit status.
 //!
 //! Boot runs on a single-threaded runtime with full privileges: find and check the
-//! payload (nothing is touched until it is accepted), configure the tenant interface,
-//! forwarding, TUN, routes and proxy ARP or NAT, bind UDP. That runtime is then shut
-//! down so the process has one thread, capabilities are dropped to CAP_NET_ADMIN,
-//! and the serving runtime starts: the tunnel, readiness, metadata polling, SIGHUP,
-//! and cleanup on SIGTERM/SIGINT.
+//! payload (nothing is touched until it is accepted), configure the host
+//! ([`plumbing::configure`]), bind UDP, the control socket and the status listener.
+//! That runtime is then shut down so the process has one thread, capabilities are
+//! dropped to CAP_NET_ADMIN, and the serving runtime runs [`supervisor::serve`];
+//! on its return the kernel objects are removed ([`plumbing::undo`]).
 
-use crate::http;
+use crate::control::{socket, web};
 use crate::metadata;
-use crate::nat;
 use crate::notify::Notifier;
+use crate::plumbing::{self, Cleanup};
 use crate::privileges;
 use crate::source::{self, Origin, SourceError, Sources};
+use crate::supervisor;
 use crate::tunnel;
-use cloudpipe_core::config::{Config, Mode, Peer};
-use cloudpipe_core::overlay::Overlay;
+use cloudpipe_core::config::{Config, Peer};
 use cloudpipe_core::payload::{self, Payload, PayloadError};
-use cloudpipe_net::netconf::{self, Link, Net};
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -33,9 +32,6 @@ pub mod exit {
     pub const UNREACHABLE: u8 = 4;
 }
 
-/// Time the tunnel task gets to finish after its handle is dropped.
-const TUNNEL_STOP_GRACE: Duration = Duration::from_secs(2);
-
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub sources: Sources,
@@ -44,27 +40,28 @@ pub struct Settings {
     pub tun_name: String,
     /// Worker queues and TUN offloads.
     pub data_path: tunnel::DataPath,
+    /// Where the control socket `<tun_name>.sock` goes.
+    pub control_dir: PathBuf,
     /// Keep every capability (debugging, or running unprivileged tests).
     pub keep_privileges: bool,
 }
 
 /// What boot built, handed to the serving phase.
-struct Booted {
-    config: Config,
-    source: Origin,
-    user_data: Vec<u8>,
-    tenant: Link,
-    queues: tunnel::Queues,
-    peers: Vec<Peer>,
-    meta: Option<BTreeMap<String, String>>,
-}
-
-/// Everything this daemon adds to the system and must remove on a clean stop.
-struct Cleanup {
-    tun_name: String,
-    tenant_index: u32,
-    pool: cloudpipe_core::pool::Pool,
-    nat: bool,
+pub struct Booted {
+    pub config: Config,
+    pub source: Origin,
+    pub user_data: Vec<u8>,
+    pub tenant: cloudpipe_net::netconf::Link,
+    pub tun_index: u32,
+    pub queues: tunnel::Queues,
+    /// The payload's peers with the overlay read at boot applied.
+    pub peers: Vec<Peer>,
+    /// The instance properties read at boot.
+    pub meta: Option<BTreeMap<String, String>>,
+    /// The control socket (removed when dropped).
+    pub control: socket::Bound,
+    /// The status listener, when the payload sets `status_port`.
+    pub status_listener: Option<std::net::TcpListener>,
 }
 
 pub fn main(settings: Settings) -> ExitCode {
@@ -98,12 +95,7 @@ pub fn main(settings: Settings) -> ExitCode {
         Ok(b) => b,
         Err(code) => return ExitCode::from(code),
     };
-    let cleanup = Cleanup {
-        tun_name: settings.tun_name.clone(),
-        tenant_index: booted.tenant.index,
-        pool: booted.config.pool,
-        nat: booted.config.mode == Mode::Masquerade,
-    };
+    let cleanup = Cleanup::new(&settings, &booted.config, booted.tenant.index);
     let dropped = if settings.keep_privileges {
         tracing::warn!("--keep-privileges: running with every capability");
         Ok(())
@@ -123,15 +115,16 @@ pub fn main(settings: Settings) -> ExitCode {
     serving.block_on(async move {
         if let Err(e) = dropped {
             tracing::error!(error = %format!("{e:#}"), "cannot drop privileges; stopping");
-            undo(&cleanup).await;
+            drop(booted);
+            plumbing::undo(&cleanup).await;
             return ExitCode::from(exit::FAILURE);
         }
         if !settings.keep_privileges {
             tracing::info!("privileges dropped: only CAP_NET_ADMIN kept");
         }
-        let code = serve(booted, &settings, &notifier).await;
+        let code = supervisor::serve(booted, &settings, &notifier).await;
         notifier.send("STOPPING=1");
-        undo(&cleanup).await;
+        plumbing::undo(&cleanup).await;
         ExitCode::from(code)
     })
 }
@@ -176,30 +169,60 @@ async fn boot(settings: &Settings, notifier: &Notifier) -> Result<Booted, u8> {
             }
         });
     let peers = match &meta {
-        Some(m) => peers_from_meta(&config, m, &src).unwrap_or_else(|| config.peers.clone()),
+        Some(m) => {
+            supervisor::peers_from_meta(&config, m, &src).unwrap_or_else(|| config.peers.clone())
+        }
         None => config.peers.clone(),
     };
     notifier.status("configuring the network");
-    match configure(settings, &config, &peers).await {
-        Ok((tenant, queues)) => Ok(Booted {
-            config,
-            source: fetched.source,
-            user_data: fetched.user_data,
-            tenant,
-            queues,
-            peers,
-            meta,
-        }),
+    let configured = match plumbing::configure(settings, &config).await {
+        Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "network configuration failed");
             notifier.status(&format!("failed: {e:#}"));
+            return Err(exit::FAILURE);
+        }
+    };
+    let cleanup = Cleanup::new(settings, &config, configured.tenant.index);
+    match listeners(settings, &config) {
+        Ok((control, status_listener)) => Ok(Booted {
+            config,
+            source: fetched.source,
+            user_data: fetched.user_data,
+            tenant: configured.tenant,
+            tun_index: configured.tun_index,
+            queues: configured.queues,
+            peers,
+            meta,
+            control,
+            status_listener,
+        }),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "cannot open the control surfaces");
+            notifier.status(&format!("failed: {e:#}"));
+            drop(configured);
+            plumbing::undo(&cleanup).await;
             Err(exit::FAILURE)
         }
     }
 }
 
+/// The control socket and, when the payload sets `status_port`, the status
+/// listener on the tenant address (bound now: the port may be privileged).
+fn listeners(
+    settings: &Settings,
+    config: &Config,
+) -> anyhow::Result<(socket::Bound, Option<std::net::TcpListener>)> {
+    let control = socket::Bound::bind(&settings.control_dir, &settings.tun_name)?;
+    let status = config
+        .status_port
+        .map(|port| web::bind(SocketAddr::from((config.address, port))))
+        .transpose()?;
+    Ok((control, status))
+}
+
 /// The field a payload rejection is about, for the log line.
-fn payload_field(e: &PayloadError) -> String {
+pub fn payload_field(e: &PayloadError) -> String {
     match e {
         PayloadError::Config(c) => format!("{}.{}", payload::CONFIG_MEMBER, c.field),
         PayloadError::Json(_) => payload::CONFIG_MEMBER.to_string(),
@@ -207,392 +230,10 @@ fn payload_field(e: &PayloadError) -> String {
     }
 }
 
-/// The peers an overlay gives, or `None` (logged) if the overlay is bad.
-fn peers_from_meta(
-    config: &Config,
-    meta: &BTreeMap<String, String>,
-    src: &str,
-) -> Option<Vec<Peer>> {
-    let overlay = match Overlay::from_properties(meta.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-    {
-        Ok(o) => o,
-        Err(e) => {
-            tracing::error!(source = %src, "metadata overlay rejected, keeping the last good peers: {e}");
-            return None;
-        }
-    };
-    match overlay.apply(config) {
-        Ok(p) => Some(p),
-        Err(e) => {
-            tracing::error!(source = %src, field = %e.field, "metadata overlay rejected, keeping the last good peers: {e}");
-            None
-        }
-    }
-}
-
-async fn configure(
-    settings: &Settings,
-    config: &Config,
-    peers: &[Peer],
-) -> anyhow::Result<(Link, tunnel::Queues)> {
-    let net = Net::connect()?;
-    let links = net.links().await?;
-    let default_oif = net.default_route_link().await?;
-    let tenant = netconf::pick_tenant(
-        &links,
-        config.interface.as_deref(),
-        default_oif,
-        &settings.tun_name,
-    )
-    .map_err(anyhow::Error::msg)?
-    .clone();
-    // Bind first: a port in use fails the boot before anything is changed.
-    let udp = tunnel::open_udp(config.listen_port, settings.data_path)?;
-    if net
-        .ensure_address(tenant.index, config.address, config.subnet.prefix())
-        .await?
-    {
-        tracing::info!(interface = %tenant.name, address = %config.address, prefix = config.subnet.prefix(), "address added");
-    }
-    net.set_up(tenant.index, config.tenant_mtu.map(u32::from))
-        .await?;
-    if net
-        .ensure_default_route(config.gateway, tenant.index)
-        .await?
-    {
-        tracing::info!(interface = %tenant.name, gateway = %config.gateway, "default route added");
-    }
-    netconf::enable_forwarding().map_err(|e| anyhow::anyhow!("enabling IPv4 forwarding: {e}"))?;
-    let cleanup = Cleanup {
-        tun_name: settings.tun_name.clone(),
-        tenant_index: tenant.index,
-        pool: config.pool,
-        nat: config.mode == Mode::Masquerade,
-    };
-    let result = async {
-        let tun = tunnel::open_tun(&settings.tun_name, config.mtu, settings.data_path)?;
-        let link = net
-            .link_by_name(&settings.tun_name)
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("TUN device {} vanished", settings.tun_name))?;
-        // IPv4 only: no link-local address, router solicitations or ND into the tunnel.
-        if let Err(e) = netconf::set_sysctl(&format!("net/ipv6/conf/{}/disable_ipv6", settings.tun_name), "1") {
-            tracing::debug!(error = %e, "cannot disable IPv6 on the TUN device");
-        }
-        net.set_up(link.index, Some(u32::from(config.mtu))).await?;
-        for cidr in config.pool.cidrs() {
-            net.replace_route(cidr.network(), cidr.prefix(), link.index).await?;
-        }
-        tracing::info!(tun = %settings.tun_name, mtu = config.mtu, pool_first = %config.pool.first(), pool_last = %config.pool.last(), "tunnel device up, pool routed through it");
-        match config.mode {
-            Mode::ProxyArp => {
-                // A table a masquerade run may have left goes (absent nft is fine here).
-                let _ = nat::remove();
-                // Answer ARP for clients at once instead of after a random delay of up
-                // to 0.8 s (proxy_delay): a tenant VM's first packet to a client is not
-                // held back.
-                let key = format!("net/ipv4/neigh/{}/proxy_delay", tenant.name);
-                if let Err(e) = netconf::set_sysctl(&key, "0") {
-                    tracing::warn!(error = %e, %key, "cannot set proxy_delay");
-                }
-                sync_proxies(&net, tenant.index, config, peers, &tenant.name).await?
-            }
-            Mode::Masquerade => {
-                // Entries a proxy-arp run may have left in the pool go.
-                sync_proxies(&net, tenant.index, config, &[], &tenant.name).await?;
-                nat::apply(&nat::ruleset(&tenant.name, &config.pool.cidrs(), config.address))?;
-                tracing::info!(table = nat::TABLE, interface = %tenant.name, "masquerade rules loaded");
-            }
-        }
-        Ok::<_, anyhow::Error>(tun)
-    }
-    .await;
-    match result {
-        Ok(tun) => Ok((tenant, tunnel::Queues { tun, udp })),
-        Err(e) => {
-            undo_with(&net, &cleanup).await;
-            Err(e)
-        }
-    }
-}
-
-/// Make the proxy neighbour entries inside the pool on the tenant link exactly the
-/// addresses of `peers`. Entries outside the pool are someone else's and stay.
-async fn sync_proxies(
-    net: &Net,
-    index: u32,
-    config: &Config,
-    peers: &[Peer],
-    ifname: &str,
-) -> anyhow::Result<()> {
-    let want: BTreeSet<Ipv4Addr> = peers.iter().map(|p| p.address).collect();
-    let have: BTreeSet<Ipv4Addr> = net
-        .proxies(index)
-        .await?
-        .into_iter()
-        .filter(|a| config.pool.contains(*a))
-        .collect();
-    for a in want.difference(&have) {
-        net.add_proxy(index, *a).await?;
-        tracing::debug!(interface = %ifname, address = %a, "proxy neighbour added");
-    }
-    for a in have.difference(&want) {
-        net.del_proxy(index, *a).await?;
-        tracing::debug!(interface = %ifname, address = %a, "proxy neighbour removed");
-    }
-    if want != have {
-        tracing::info!(interface = %ifname, entries = want.len(), "proxy neighbour entries synced");
-    }
-    Ok(())
-}
-
-async fn serve(booted: Booted, settings: &Settings, notifier: &Notifier) -> u8 {
-    use tokio::signal::unix::{signal, SignalKind};
-    let net = match Net::connect() {
-        Ok(n) => n,
-        Err(e) => {
-            tracing::error!(error = %e, "netlink");
-            return exit::FAILURE;
-        }
-    };
-    let Booted {
-        config,
-        source,
-        user_data,
-        tenant,
-        queues,
-        mut peers,
-        mut meta,
-    } = booted;
-    let (mut term, mut int, mut hup, mut usr1) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-        signal(SignalKind::user_defined1()),
-    ) {
-        (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
-        _ => {
-            tracing::error!("cannot install signal handlers");
-            return exit::FAILURE;
-        }
-    };
-    let (handle, mut task) = match tunnel::spawn(&config, peers.clone(), queues) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "cannot start the data path");
-            return exit::FAILURE;
-        }
-    };
-    notifier.send(&format!(
-        "READY=1\nSTATUS=serving {} peers on UDP port {}",
-        peers.len(),
-        config.listen_port
-    ));
-    tracing::info!(source = %source, interface = %tenant.name, address = %config.address, port = config.listen_port, peers = peers.len(), "ready");
-
-    let polling = !settings.poll_interval.is_zero();
-    let mut ticker = tokio::time::interval(if polling {
-        settings.poll_interval
-    } else {
-        Duration::from_secs(3600)
-    });
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await;
-    let mut poll_failing = false;
-    let mut task_done = false;
-    let code = loop {
-        let reason = tokio::select! {
-            _ = term.recv() => break 0,
-            _ = int.recv() => break 0,
-            r = &mut task => {
-                task_done = true;
-                match r {
-                    Ok(Ok(())) => tracing::error!("tunnel stopped"),
-                    Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "tunnel failed"),
-                    Err(e) => tracing::error!(error = %e, "tunnel task panicked"),
-                }
-                break exit::FAILURE;
-            }
-            _ = usr1.recv() => {
-                log_status(&handle).await;
-                continue;
-            }
-            _ = hup.recv() => "SIGHUP",
-            _ = ticker.tick(), if polling => "poll",
-        };
-        // Reads take up to a request timeout: stay responsive to a stop meanwhile.
-        let read = async {
-            if reason == "SIGHUP" {
-                check_payload(&source, &user_data, &config, settings).await;
-            }
-            read_meta(settings, &source).await
-        };
-        let read = tokio::select! {
-            r = read => r,
-            _ = term.recv() => break 0,
-            _ = int.recv() => break 0,
-        };
-        let fresh = match read {
-            Ok(m) => {
-                if poll_failing {
-                    tracing::info!("metadata service reachable again");
-                    poll_failing = false;
-                }
-                m
-            }
-            Err(e) => {
-                // One line when it starts failing, not one per poll.
-                if !poll_failing || reason == "SIGHUP" {
-                    tracing::warn!(error = %e, trigger = reason, "cannot read metadata; keeping current peers");
-                }
-                poll_failing = true;
-                continue;
-            }
-        };
-        if meta.as_ref() == Some(&fresh) && reason != "SIGHUP" {
-            continue;
-        }
-        tracing::info!(
-            trigger = reason,
-            properties = fresh.len(),
-            "instance properties read"
-        );
-        meta = Some(fresh);
-        let Some(new_peers) =
-            peers_from_meta(&config, meta.as_ref().expect("just set"), "meta_data.json")
-        else {
-            continue;
-        };
-        if new_peers == peers {
-            continue;
-        }
-        let (added, removed) = diff(&peers, &new_peers);
-        if let Err(e) = handle.set_peers(new_peers.clone()).await {
-            tracing::error!(error = %e, "cannot update the tunnel's peers");
-            break exit::FAILURE;
-        }
-        if config.mode == Mode::ProxyArp {
-            if let Err(e) =
-                sync_proxies(&net, tenant.index, &config, &new_peers, &tenant.name).await
-            {
-                tracing::error!(error = %format!("{e:#}"), "cannot sync proxy neighbour entries");
-            }
-        }
-        tracing::info!(peers = new_peers.len(), added, removed, "peers updated");
-        notifier.status(&format!(
-            "serving {} peers on UDP port {}",
-            new_peers.len(),
-            config.listen_port
-        ));
-        peers = new_peers;
-    };
-    if code == 0 {
-        tracing::info!("stopping");
-    }
-    drop(handle);
-    if !task_done {
-        let _ = tokio::time::timeout(TUNNEL_STOP_GRACE, task).await;
-    }
-    code
-}
-
-/// SIGUSR1: one journal line per peer (no addresses or endpoints above DEBUG).
-async fn log_status(handle: &tunnel::TunnelHandle) {
-    match handle.status().await {
-        Ok(list) => {
-            for p in list {
-                let age = p.since_last_handshake.map(|d| d.as_secs());
-                tracing::info!(peer = %p.name, handshake_age_s = ?age, rx_bytes = p.rx_bytes, tx_bytes = p.tx_bytes, "peer status");
-                tracing::debug!(peer = %p.name, address = %p.address, endpoint = ?p.endpoint, "peer addresses");
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "cannot read the tunnel's status"),
-    }
-}
-
-fn diff(old: &[Peer], new: &[Peer]) -> (usize, usize) {
-    let o: BTreeSet<_> = old.iter().map(|p| (p.public_key, p.address)).collect();
-    let n: BTreeSet<_> = new.iter().map(|p| (p.public_key, p.address)).collect();
-    (n.difference(&o).count(), o.difference(&n).count())
-}
-
-/// Instance properties, from the metadata service or (when booted from one) a config
-/// drive that can be read without mounting.
-/// SIGHUP: read the payload again. It cannot change on a real cloud (user-data is
-/// fixed at launch) but a `--payload` file can; a changed configuration is reported,
-/// not applied: the pool, keys and addresses of a running appliance stay put.
-async fn check_payload(origin: &Origin, booted: &[u8], config: &Config, settings: &Settings) {
-    match source::reread(origin, &settings.sources).await {
-        Ok(bytes) if bytes == booted => {}
-        Ok(bytes) => match payload::decode(&bytes) {
-            Ok(Payload::Cloudpipe(c)) if *c == *config => {}
-            Ok(_) => {
-                tracing::warn!(source = %origin, "the payload changed; restart cloudpiped to apply it (instance properties are applied live)")
-            }
-            Err(e) => {
-                tracing::warn!(source = %origin, field = %payload_field(&e), "the payload changed and would be rejected: {e}")
-            }
-        },
-        Err(e) => tracing::warn!(source = %origin, error = %e, "cannot read the payload again"),
-    }
-}
-
-async fn read_meta(
-    settings: &Settings,
-    source: &Origin,
-) -> anyhow::Result<BTreeMap<String, String>> {
-    let s = &settings.sources;
-    let url = s.metadata_url.join(metadata::META_DATA_PATH);
-    let http_err = match http::get(&url, source::meta_data_limits(s.request_timeout)).await {
-        Ok(doc) => return metadata::parse_meta(&doc).map_err(anyhow::Error::msg),
-        Err(e) => anyhow::anyhow!("{url}: {e}"),
-    };
-    if let Origin::ConfigDrive(p) = source {
-        if let Ok(c) = crate::configdrive::read(p, &s.mount_dir) {
-            if let Some(doc) = c.meta_data {
-                return metadata::parse_meta(&doc).map_err(anyhow::Error::msg);
-            }
-        }
-    }
-    Err(http_err)
-}
-
-/// Remove what the daemon added: TUN, proxy entries in the pool, the NAT table. The
-/// tenant address and default route stay (DHCP's, or the appliance's identity).
-async fn undo(c: &Cleanup) {
-    match Net::connect() {
-        Ok(net) => undo_with(&net, c).await,
-        Err(e) => tracing::error!(error = %e, "cleanup: netlink"),
-    }
-}
-
-async fn undo_with(net: &Net, c: &Cleanup) {
-    if let Ok(Some(l)) = net.link_by_name(&c.tun_name).await {
-        if let Err(e) = net.delete_link(l.index).await {
-            tracing::warn!(error = %e, tun = %c.tun_name, "cleanup: cannot delete TUN device");
-        }
-    }
-    match net.proxies(c.tenant_index).await {
-        Ok(list) => {
-            for a in list.into_iter().filter(|a| c.pool.contains(*a)) {
-                if let Err(e) = net.del_proxy(c.tenant_index, a).await {
-                    tracing::warn!(error = %e, "cleanup: cannot remove a proxy neighbour entry");
-                }
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "cleanup: cannot list proxy neighbour entries"),
-    }
-    if c.nat {
-        if let Err(e) = nat::remove() {
-            tracing::warn!(error = %format!("{e:#}"), "cleanup: cannot remove the NAT table");
-        }
-    }
-    tracing::info!("cleaned up: TUN, proxy entries and NAT rules removed; tenant address kept");
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     #[test]
     fn the_example_config_is_a_valid_payload_config() {

@@ -171,6 +171,18 @@ impl Net {
         Ok(())
     }
 
+    /// Remove the route `dst/prefix` out of `index`; a route already gone is fine.
+    pub async fn del_route(&self, dst: Ipv4Addr, prefix: u8, index: u32) -> anyhow::Result<()> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, prefix)
+            .output_interface(index)
+            .build();
+        match self.handle.route().del(msg).execute().await {
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => Ok(()),
+            r => Ok(r?),
+        }
+    }
+
     /// Proxy neighbour (NTF_PROXY) IPv4 entries on `index`.
     pub async fn proxies(&self, index: u32) -> anyhow::Result<Vec<Ipv4Addr>> {
         let mut out = Vec::new();

@@ -79,6 +79,20 @@ impl UdpQueue {
         self.socket.local_addr()
     }
 
+    /// Set the firewall mark of every datagram sent from now on (`SO_MARK`, needs
+    /// CAP_NET_ADMIN; 0 removes it): the UAPI's `fwmark`.
+    pub fn set_mark(&self, mark: u32) -> io::Result<()> {
+        socket2::SockRef::from(&self.socket).set_mark(mark)
+    }
+
+    /// Another handle on the same socket (a duplicated descriptor), for settings
+    /// such as [`UdpQueue::set_mark`] after the tunnel took the queue.
+    pub fn try_clone(&self) -> io::Result<UdpQueue> {
+        let socket = self.socket.try_clone()?;
+        let state = UdpSocketState::new(UdpSockRef::from(&socket))?;
+        Ok(UdpQueue { socket, state })
+    }
+
     /// Coalesced receives per buffer (1: no GRO).
     pub fn gro_segments(&self) -> usize {
         self.state.gro_segments()

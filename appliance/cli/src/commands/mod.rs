@@ -5,6 +5,7 @@ mod network;
 mod openstack;
 mod payload;
 mod publish;
+mod status;
 mod up;
 
 use crate::cli::{Cli, Command, PayloadArgs, PayloadCmd};
@@ -27,11 +28,14 @@ pub fn run(cli: Cli) -> Result<()> {
     let command = match cli.command {
         Command::Up(args) => return up::up(args),
         Command::Down(args) => return up::down(args),
+        // On the appliance: the control socket alone.
+        Command::Status(args) if !args.all => return status::run(None, args),
         other => other,
     };
     let state = StateDir::open(cli.state_dir)?;
     match command {
         Command::Up(_) | Command::Down(_) => unreachable!("handled above"),
+        Command::Status(args) => status::run(Some(&state), args),
         Command::Network(cmd) => network::run(&state, cmd),
         Command::Client(cmd) => client::run(&state, cmd),
         Command::Payload(args) => payload::run(&state, args),

@@ -46,6 +46,7 @@ pub fn run(state: &StateDir, cmd: NetworkCmd) -> Result<()> {
                 client_to_client: true,
                 mtu: cloudpipe_core::config::DEFAULT_TUNNEL_MTU,
                 port: cloudpipe_core::config::DEFAULT_LISTEN_PORT,
+                status_port: None,
             };
             create(state, &name, &opts)?;
             eprintln!(
@@ -86,7 +87,26 @@ pub fn run(state: &StateDir, cmd: NetworkCmd) -> Result<()> {
             }
             Ok(())
         }
-        NetworkCmd::Show { name } => show(&open(state, &name)?),
+        NetworkCmd::Show { name, live } => {
+            let stored = {
+                let net = open(state, &name)?;
+                show(&net)?;
+                super::status::Stored::from(&net)
+            };
+            if live {
+                // The network's lock is released while the appliance is asked.
+                let r = super::status::report(stored);
+                println!();
+                print!("{}", super::status::render_report(&r));
+                if !r.reachable {
+                    anyhow::bail!(
+                        "the appliance of {name} is not reachable: {}",
+                        r.error.unwrap_or_default()
+                    );
+                }
+            }
+            Ok(())
+        }
         NetworkCmd::SetEndpoint { name, endpoint } => {
             let mut net = open(state, &name)?;
             let endpoint = normalize_endpoint(&endpoint, net.file.listen_port)?;
@@ -125,6 +145,7 @@ fn flag_of(field: &str) -> String {
     match base {
         "network" => "network name".into(),
         "listen_port" => "--port".into(),
+        "status_port" => "--status-port".into(),
         "routes" => format!("--route{}", &field[base.len()..]),
         "cidr" | "gateway" | "address" | "mtu" | "dns" | "pool" | "mode" => format!("--{base}"),
         _ => field.to_string(),
@@ -195,6 +216,7 @@ fn create(state: &StateDir, name: &str, o: &NetworkOptions) -> Result<()> {
         mtu: o.mtu,
         listen_port: o.port,
         endpoint,
+        status_port: o.status_port,
     };
 
     let key = PrivateKey::generate(&mut rand_core::OsRng);
@@ -260,6 +282,13 @@ fn show(net: &Network) -> Result<()> {
         .map(|r| r.to_string())
         .collect();
     println!("client routes:    {}", routes.join(", "));
+    match f.status_port {
+        Some(p) => println!(
+            "status:           http://{}:{p}/status and /metrics (tenant subnet and clients)",
+            f.address
+        ),
+        None => println!("status:           off (network create --status-port)"),
+    }
     if !f.dns.is_empty() {
         let dns: Vec<String> = f.dns.iter().map(|d| d.to_string()).collect();
         println!("dns:              {}", dns.join(", "));

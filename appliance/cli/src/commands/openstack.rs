@@ -33,6 +33,15 @@ pub fn run(state: &StateDir, args: OpenstackArgs) -> Result<()> {
         config.listen_port
     );
     println!("openstack security group rule create --ingress --protocol icmp {sg}");
+    if let Some(port) = config.status_port {
+        println!(
+            "#    Live status and metrics (TCP {port}) for the tenant subnet only; tunnel clients reach it inside the appliance."
+        );
+        println!(
+            "openstack security group rule create --ingress --protocol tcp --dst-port {port} --remote-ip {} {sg}",
+            config.subnet
+        );
+    }
     println!("# 3. The appliance's port, with the fixed address {} (Neutron's DHCP port may hold it: check first).", config.address);
     let mut port_cmd = format!(
         "openstack port create --network {} --fixed-ip subnet=$(openstack subnet list --network {} --subnet-range {} -f value -c ID),ip-address={} --security-group {sg}",

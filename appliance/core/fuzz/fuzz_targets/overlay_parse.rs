@@ -11,31 +11,12 @@
 //!   peers that pass the config's own checks.
 #![no_main]
 
-use cloudpipe_core::config::{Config, ConfigFile};
 use cloudpipe_core::overlay::{Overlay, OverlayError, MAX_ITEMS, MAX_VALUE_LEN};
 use libfuzzer_sys::fuzz_target;
-use std::sync::OnceLock;
 
-/// A /24 with two clients in the pool .250-.254. Fake keys: 32 bytes of 0x01, 0x02, 0x03.
-const CONFIG_JSON: &str = r#"{
-  "version": 1,
-  "network": "fuzz",
-  "cidr": "10.0.0.0/24",
-  "pool": { "first": "10.0.0.250", "last": "10.0.0.254" },
-  "private_key": "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=",
-  "peers": [
-    { "name": "alice", "public_key": "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=", "address": "10.0.0.250" },
-    { "name": "bob", "public_key": "AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwM=", "address": "10.0.0.251" }
-  ]
-}"#;
-
-fn config() -> &'static Config {
-    static CONFIG: OnceLock<Config> = OnceLock::new();
-    CONFIG.get_or_init(|| {
-        let file: ConfigFile = serde_json::from_str(CONFIG_JSON).expect("the fuzz config parses");
-        Config::try_from(file).expect("the fuzz config is valid")
-    })
-}
+#[path = "fixture.rs"]
+mod fixture;
+use fixture::config;
 
 /// The input is a readable property list, one `key=value` per line (split at the
 /// first `=`), so that seeds and crash files can be written and read by hand.

@@ -3,11 +3,13 @@
 //! UDP queues that boot opened. This is the only place where the daemon meets the
 //! data path; everything per packet happens in cloudpipe-net and the core.
 //!
-//! The device knows peers by key; the names (for logs and status) live here.
+//! The device knows peers by key; the reconciler (see `supervisor`) owns the peer
+//! set and hands this module its diffs and the names log lines use.
 
-use cloudpipe_core::config::{Config, Peer};
+use cloudpipe_core::config::Config;
 use cloudpipe_core::keys::PublicKey;
-use cloudpipe_core::wg::Device;
+use cloudpipe_core::reconcile::Diff;
+use cloudpipe_core::wg::{Device, PeerChanges};
 use cloudpipe_net::tun::{TunOptions, TunQueue};
 use cloudpipe_net::udp::UdpQueue;
 use cloudpipe_net::Tunnel;
@@ -78,12 +80,11 @@ pub fn open_tun(name: &str, mtu: u16, path: DataPath) -> anyhow::Result<Vec<TunQ
     Ok(tun)
 }
 
-/// A client as status and logs show it.
+/// A client as the SIGUSR1 log lines show it.
 #[derive(Debug, Clone)]
 pub struct PeerStatus {
     pub name: String,
     pub public_key: PublicKey,
-    pub address: Ipv4Addr,
     pub endpoint: Option<SocketAddr>,
     pub since_last_handshake: Option<Duration>,
     pub tx_bytes: u64,
@@ -92,12 +93,15 @@ pub struct PeerStatus {
 
 struct Inner {
     tunnel: Tunnel,
-    peers: Mutex<HashMap<PublicKey, Peer>>,
+    /// Peer names for log lines (the reconciler owns them; see [`TunnelHandle::set_names`]).
+    names: Mutex<HashMap<PublicKey, String>>,
 }
 
 /// A handle to the running data path. Dropping it stops the workers.
 pub struct TunnelHandle {
     inner: Arc<Inner>,
+    /// Handles on the UDP sockets, for `fwmark` changes.
+    udp: Vec<UdpQueue>,
 }
 
 impl Drop for TunnelHandle {
@@ -107,33 +111,50 @@ impl Drop for TunnelHandle {
 }
 
 impl TunnelHandle {
-    /// Replace the peer set: new peers are added, missing ones removed (their
-    /// sessions end at once), unchanged ones keep their sessions.
-    pub async fn set_peers(&self, peers: Vec<Peer>) -> anyhow::Result<()> {
-        let changes = self
-            .inner
-            .tunnel
-            .device()
-            .set_peers(peers.iter().map(Peer::peer_config).collect());
-        let mut known = lock(&self.inner.peers);
+    pub fn device(&self) -> &Arc<Device> {
+        self.inner.tunnel.device()
+    }
+
+    /// Apply a reconciler diff to the device in one step, and take `names` (the
+    /// reconciler's, after the change) for log lines: one INFO line per peer added
+    /// or removed.
+    pub fn apply(&self, diff: &Diff, names: HashMap<PublicKey, String>) -> PeerChanges {
+        let changes = diff.apply_to(self.device());
+        let mut known = lock(&self.inner.names);
         for k in &changes.removed {
-            if let Some(p) = known.get(k) {
-                info!(peer = %p.name, "peer removed");
-            }
+            info!(peer = %name_of(&known, k), "peer removed");
         }
-        *known = peers.into_iter().map(|p| (p.public_key, p)).collect();
+        *known = names;
         for k in &changes.added {
-            if let Some(p) = known.get(k) {
-                info!(peer = %p.name, "peer added");
-            }
+            info!(peer = %name_of(&known, k), "peer added");
         }
+        changes
+    }
+
+    /// Mark every datagram the tunnel sends (`SO_MARK`; 0 removes the mark).
+    pub fn set_fwmark(&self, mark: u32) -> std::io::Result<()> {
+        for q in &self.udp {
+            q.set_mark(mark)?;
+        }
+        self.device().edit(|e| e.set_fwmark(mark));
         Ok(())
     }
 
-    /// Current per-peer state.
-    pub async fn status(&self) -> anyhow::Result<Vec<PeerStatus>> {
-        Ok(status(&self.inner))
+    /// Current per-peer state, for the SIGUSR1 log lines.
+    pub fn status(&self) -> Vec<PeerStatus> {
+        status(&self.inner)
     }
+}
+
+/// A peer's name, or the first 8 characters of its key (as `wg` users recognise a
+/// peer) when it has none.
+fn name_of(names: &HashMap<PublicKey, String>, k: &PublicKey) -> String {
+    names.get(k).cloned().unwrap_or_else(|| short_key(k))
+}
+
+pub fn short_key(k: &PublicKey) -> String {
+    let b = k.to_base64();
+    format!("{}…", &b[..8])
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -142,44 +163,52 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn status(inner: &Inner) -> Vec<PeerStatus> {
     let now = SystemTime::now();
-    let known = lock(&inner.peers);
+    let known = lock(&inner.names);
     inner
         .tunnel
         .device()
         .peers(now)
         .into_iter()
-        .filter_map(|p| {
-            let peer = known.get(&p.public_key)?;
-            Some(PeerStatus {
-                name: peer.name.clone(),
-                public_key: p.public_key,
-                address: peer.address,
-                endpoint: p.endpoint,
-                since_last_handshake: p.last_handshake.and_then(|t| now.duration_since(t).ok()),
-                tx_bytes: p.tx_bytes,
-                rx_bytes: p.rx_bytes,
-            })
+        .map(|p| PeerStatus {
+            name: name_of(&known, &p.public_key),
+            public_key: p.public_key,
+            endpoint: p.endpoint,
+            since_last_handshake: p.last_handshake.and_then(|t| now.duration_since(t).ok()),
+            tx_bytes: p.tx_bytes,
+            rx_bytes: p.rx_bytes,
         })
         .collect()
 }
 
-/// Start the data path for `config` with `peers` on `queues`. The returned task
-/// ends when the handle is dropped (`Ok`) or a worker fails (`Err`, with why).
+/// Start the data path for `config` on `queues` with the peers of the reconciler's
+/// boot diff. The returned task ends when the handle is dropped (`Ok`) or a
+/// worker fails (`Err`, with why).
 pub fn spawn(
     config: &Config,
-    peers: Vec<Peer>,
+    boot: &Diff,
+    names: HashMap<PublicKey, String>,
     queues: Queues,
 ) -> anyhow::Result<(TunnelHandle, JoinHandle<anyhow::Result<()>>)> {
     let device = Arc::new(Device::new(
         config.device_config(),
-        peers.iter().map(Peer::peer_config).collect(),
+        Vec::new(),
         random_u32(),
     ));
-    let tunnel = Tunnel::start(device, queues.udp, queues.tun)?;
-    info!(peers = peers.len(), threads = tunnel.threads(), "tunnel up");
+    boot.apply_to(&device);
+    let udp = queues
+        .udp
+        .iter()
+        .map(UdpQueue::try_clone)
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let tunnel = Tunnel::start(device.clone(), queues.udp, queues.tun)?;
+    info!(
+        peers = device.peer_count(),
+        threads = tunnel.threads(),
+        "tunnel up"
+    );
     let inner = Arc::new(Inner {
         tunnel,
-        peers: Mutex::new(peers.into_iter().map(|p| (p.public_key, p)).collect()),
+        names: Mutex::new(names),
     });
     let watched = inner.clone();
     let task = tokio::spawn(async move {
@@ -214,7 +243,7 @@ pub fn spawn(
             }
         }
     });
-    Ok((TunnelHandle { inner }, task))
+    Ok((TunnelHandle { inner, udp }, task))
 }
 
 /// One INFO line when a peer's first handshake completes; endpoints only at DEBUG.
@@ -224,7 +253,7 @@ fn log_handshakes(inner: &Inner, connected: &mut HashSet<PublicKey>) {
     for p in list {
         if p.since_last_handshake.is_some() && connected.insert(p.public_key) {
             info!(peer = %p.name, "peer connected");
-            debug!(peer = %p.name, endpoint = ?p.endpoint, address = %p.address, "peer endpoint");
+            debug!(peer = %p.name, endpoint = ?p.endpoint, "peer endpoint");
         }
     }
 }
