@@ -96,6 +96,12 @@ impl TunQueue {
         self.offload
     }
 
+    /// Bring the link up (without netlink; for benchmarks and tests that own the
+    /// device's namespace).
+    pub fn set_up(&self) -> io::Result<()> {
+        self.dev.enabled(true)
+    }
+
     fn fd(&self) -> BorrowedFd<'_> {
         // SAFETY: the descriptor is owned by `self.dev`, which outlives the borrow.
         unsafe { BorrowedFd::borrow_raw(self.dev.as_raw_fd()) }
