@@ -53,6 +53,7 @@ TESTS = ["tcp_up", "tcp_down", "tcp_4", "udp_64"]
 # (name, server, client, note)
 CONFIGS = [
     ("cloudpipe", "cloudpiped", "cloudpipe-up", "like for like"),
+    ("cloudpipe-10k", "cloudpiped-10k", "cloudpipe-up", "like for like, 10,000 more peers configured"),
     ("boringtun", "boringtun", "boringtun", "like for like, default threads"),
     ("boringtun-1", "boringtun-1", "boringtun-1", "like for like, --threads 1"),
     ("gotatun", "gotatun", "gotatun", "like for like"),
@@ -187,9 +188,34 @@ def setconf(lab, ns, iface, text):
     ns_exec(ns, "wg", "setconf", iface, path)
 
 
+EXTRA_PEERS = 10_000
+
+
+def add_peers(lab, n):
+    """`wg addconf` n peers that never connect (random keys, one /32 each) to the
+    running cloudpiped through its control socket; returns the seconds it took."""
+    import base64
+    path = os.path.join(lab.work, "extra-peers.conf")
+    with open(path, "w") as f:
+        for i in range(n):
+            key = base64.b64encode(os.urandom(32)).decode()
+            f.write(f"[Peer]\nPublicKey = {key}\nAllowedIPs = 10.100.{i // 250}.{i % 250 + 1}/32\n")
+    t0 = time.time()
+    ns_exec(lab.appliance, "wg", "addconf", "cloudpipe0", path)
+    took = time.time() - t0
+    count = len(ns_exec(lab.appliance, "wg", "show", "cloudpipe0", "peers").split())
+    if count < n:
+        raise RuntimeError(f"only {count} peers after adding {n}")
+    return took
+
+
 def start_server(lab, kind, keys):
     """The server side in the appliance namespace; returns its process."""
     ns = lab.appliance
+    if kind == "cloudpiped-10k":
+        p = start_server(lab, "cloudpiped", keys)
+        lab.extra_peers_s = add_peers(lab, EXTRA_PEERS)
+        return p
     if kind == "cloudpiped":
         p = lab.spawn(ns, [CLOUDPIPED, "--config-drive", "none", "--poll-interval", "0"],
                       env={"CLOUDPIPED_LOG": os.environ.get("CLOUDPIPED_LOG", "warn")}, name="cloudpiped")
@@ -335,6 +361,8 @@ def run_round(cfg, keys, args, work):
             out[test] = {"value": value, "bytes": moved,
                          "cpu_s_per_gb": (cpu / (moved / 1e9)) if (cpu is not None and moved) else None}
         out["rss_mib"] = rss_mib(server.pid) if server else None
+        if hasattr(lab, "extra_peers_s"):
+            out["extra_peers_s"] = lab.extra_peers_s
     finally:
         lab.down()
     return out
@@ -405,10 +433,12 @@ def build_report(configs, results, args, elapsed):
             entry[t] = summarize([r[t]["value"] for r in ok if t in r])
             entry[t + "_cpu_s_per_gb"] = summarize([r[t]["cpu_s_per_gb"] for r in ok if t in r])
         entry["rss_mib"] = summarize([r.get("rss_mib") for r in ok])
+        entry["extra_peers_s"] = summarize([r.get("extra_peers_s") for r in ok])
         rep["configs"][name] = entry
     # Ratios of cloudpipe to each peer, by the medians.
     ratios = {}
     for ours, pairs in (("cloudpipe", ["boringtun", "boringtun-1", "gotatun", "wireguard-go", "openvpn"]),
+                        ("cloudpipe-10k", ["cloudpipe"]),
                         ("cloudpiped+bt1", ["boringtun+bt1", "gotatun+bt1", "wireguard-go+bt1"])):
         a = rep["configs"].get(ours)
         if not a:
@@ -455,6 +485,10 @@ def markdown(rep):
     for k, r in rep["ratios"].items():
         lines.append(f"| {k} | {r.get('tcp_up', '-')} | {r.get('tcp_down', '-')} | {r.get('tcp_4', '-')} | "
                      f"{r.get('udp_64', '-')} | {r.get('tcp_up_cpu_per_gb', '-')} | {r.get('tcp_down_cpu_per_gb', '-')} |")
+    scale = rep["configs"].get("cloudpipe-10k", {})
+    if scale.get("extra_peers_s"):
+        lines += ["", f"cloudpipe-10k: {EXTRA_PEERS} peers added to the running appliance with `wg addconf` in "
+                      f"{fmt(scale['extra_peers_s'], 2)} s; server RSS {fmt(scale.get('rss_mib'), 1)} MiB."]
     return "\n".join(lines) + "\n"
 
 

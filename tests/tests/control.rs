@@ -356,7 +356,10 @@ fn malformed_requests_get_an_errno_and_the_daemon_keeps_running() {
         ),
         (b"set=1\npublic_key=abc\n\n".to_vec(), "-22"),
         (b"set=1\nlisten_port=5555\n\n".to_vec(), "-98"),
-        (vec![b'x'; 2 << 20], "-90"),
+        (
+            vec![b'x'; cloudpipe_core::uapi::MAX_REQUEST_LEN + (1 << 20)],
+            "-90",
+        ),
     ] {
         let answer = raw(&m.lab, &request);
         assert_eq!(

@@ -96,7 +96,7 @@ pub struct UpArgs {
     /// The wg-quick file (what `cloudpipe client add` writes).
     pub config: PathBuf,
     /// Worker queues, each a TUN queue and a UDP socket with two threads (0: one per CPU).
-    #[arg(long, default_value_t = 0, value_name = "N")]
+    #[arg(long, env = "CLOUDPIPE_WORKERS", default_value_t = 0, value_name = "N")]
     pub workers: usize,
     /// TUN offloads (TCP segmentation and coalescing); `false` moves one packet per
     /// read and write.

@@ -29,9 +29,10 @@ use std::net::SocketAddr;
 use std::time::UNIX_EPOCH;
 
 /// The largest request accepted, in bytes. A `set` costs about 300 bytes per peer
-/// (`wg syncconf` sends every peer); 1 MiB is thousands of peers, far beyond any
-/// pool, and bounds what a client can make the daemon buffer.
-pub const MAX_REQUEST_LEN: usize = 1 << 20;
+/// (`wg syncconf` sends every peer): 8 MiB holds the 10,000 peers the data path is
+/// sized for with room to spare, and bounds what a client of the (root-only)
+/// socket can make the daemon buffer.
+pub const MAX_REQUEST_LEN: usize = 8 << 20;
 
 /// Linux errno values the protocol reports (negated on the wire).
 pub mod errno {
@@ -147,10 +148,22 @@ pub enum Frame {
 /// Find the end of the first request: the first empty line (`\n\n`, or a `\n`
 /// at the very start).
 pub fn frame(buf: &[u8]) -> Frame {
+    frame_after(buf, 0)
+}
+
+/// [`frame`] for a buffer whose first `scanned` bytes were already searched
+/// without an end: only what was appended is searched, so that a request read in
+/// many pieces costs linear time, not quadratic.
+pub fn frame_after(buf: &[u8], scanned: usize) -> Frame {
     let end = if buf.first() == Some(&b'\n') {
         Some(1)
     } else {
-        buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2)
+        // One byte back: the end may straddle the old and the new bytes.
+        let from = scanned.saturating_sub(1).min(buf.len());
+        buf[from..]
+            .windows(2)
+            .position(|w| w == b"\n\n")
+            .map(|i| from + i + 2)
     };
     match end {
         Some(n) if n <= MAX_REQUEST_LEN => Frame::Complete(n),

@@ -338,3 +338,15 @@ fn status_answers() {
         errno::EPROTO
     );
 }
+
+#[test]
+fn framing_after_a_scanned_prefix_finds_an_end_that_straddles_it() {
+    let buf = b"get=1\n\nset=1\n";
+    assert_eq!(frame_after(buf, 6), Frame::Complete(7));
+    assert_eq!(frame_after(&buf[..6], 0), Frame::Incomplete);
+    let mut grown = b"set=1\nlisten_port=1\n".to_vec();
+    assert_eq!(frame_after(&grown, 0), Frame::Incomplete);
+    let scanned = grown.len();
+    grown.push(b'\n');
+    assert_eq!(frame_after(&grown, scanned), Frame::Complete(grown.len()));
+}

@@ -139,7 +139,12 @@ pub struct Peer {
 }
 
 struct PeerState {
-    tunn: Tunn,
+    /// The boringtun session state, made on first use: making one costs an X25519
+    /// operation and about 11 KiB (hence the box), which the idle peers of a large
+    /// set never pay.
+    tunn: Option<Box<Tunn>>,
+    /// The identity `tunn` was made with (a private key change re-keys it).
+    made_by: Option<Arc<Identity>>,
     preshared_key: Option<PresharedKey>,
     /// Where the latest authenticated packet came from (roaming follows it), or the
     /// configured endpoint until then.
@@ -152,6 +157,31 @@ struct PeerState {
 impl Peer {
     pub fn public_key(&self) -> PublicKey {
         self.public_key
+    }
+
+    /// The peer's session state in `st` (its lock), made now if it is not yet.
+    fn tunn<'a>(&self, st: &'a mut PeerState, identity: &Arc<Identity>) -> &'a mut Tunn {
+        let current = st
+            .made_by
+            .as_ref()
+            .is_some_and(|m| Arc::ptr_eq(m, identity));
+        match &mut st.tunn {
+            Some(t) if !current => t.set_static_private(
+                identity.secret.clone(),
+                identity.public,
+                Some(identity.rate_limiter.clone()),
+            ),
+            Some(_) => {}
+            None => {
+                st.tunn = Some(Box::new(identity.tunn(
+                    &self.public_key,
+                    st.preshared_key.as_ref(),
+                    self.index,
+                )))
+            }
+        }
+        st.made_by = Some(identity.clone());
+        st.tunn.as_mut().expect("made above")
     }
 
     fn lock(&self) -> MutexGuard<'_, PeerState> {
@@ -217,6 +247,8 @@ struct Snapshot {
     peers: HashMap<PublicKey, Arc<Peer>>,
     by_index: HashMap<u32, Arc<Peer>>,
     allowed_ips: AllowedIps<Arc<Peer>>,
+    /// Each peer's networks in `allowed_ips`, in the order they were given.
+    nets: HashMap<PublicKey, Vec<IpNetwork>>,
 }
 
 /// The WireGuard device. `Sync`: share it (`Arc`) between workers and the control
@@ -244,6 +276,7 @@ impl Device {
                 peers: HashMap::new(),
                 by_index: HashMap::new(),
                 allowed_ips: AllowedIps::new(),
+                nets: HashMap::new(),
             }),
             writer: Mutex::new(index_seed & INDEX_MASK),
             workers: Mutex::new(Vec::new()),
@@ -297,22 +330,21 @@ impl Device {
     /// the last handshake" into a wall-clock time.
     pub fn peers(&self, now: SystemTime) -> Vec<PeerInfo> {
         let snap = self.snapshot.load();
-        let mut ips: HashMap<*const Peer, Vec<IpNetwork>> = HashMap::new();
-        for (net, p) in snap.allowed_ips.iter() {
-            ips.entry(Arc::as_ptr(p)).or_default().push(net);
-        }
         let mut out: Vec<PeerInfo> = snap
             .peers
             .values()
             .map(|p| {
                 let st = p.lock();
-                let (since, tx, rx, _, _) = st.tunn.stats();
+                let (since, tx, rx) = st.tunn.as_ref().map_or((None, 0, 0), |t| {
+                    let (since, tx, rx, _, _) = t.stats();
+                    (since, tx, rx)
+                });
                 PeerInfo {
                     public_key: p.public_key,
                     preshared_key: st.preshared_key.clone(),
                     endpoint: st.endpoint,
                     persistent_keepalive: st.persistent_keepalive,
-                    allowed_ips: ips.remove(&Arc::as_ptr(p)).unwrap_or_default(),
+                    allowed_ips: snap.nets.get(&p.public_key).cloned().unwrap_or_default(),
                     last_handshake: since.and_then(|d| now.checked_sub(d)),
                     rx_bytes: rx as u64,
                     tx_bytes: tx as u64,
@@ -378,37 +410,41 @@ impl Device {
         for peer in snap.peers.values() {
             let mut st = peer.lock();
             let endpoint = st.endpoint;
-            let sent = match endpoint {
-                Some(ep) => out
-                    .push_with(ep, MIN_OUTPUT, |dst| match st.tunn.update_timers(dst) {
-                        TunnResult::WriteToNetwork(p) => Some(p.len()),
-                        _ => None,
-                    })
-                    .is_some(),
-                None => {
-                    // Nowhere to send: let the timers run (expiry) and drop output.
-                    let _ = st.tunn.update_timers(&mut scratch);
-                    false
-                }
-            };
-            if sent {
-                st.last_sent = Some(now);
-            }
             let keepalive_due = match (st.persistent_keepalive, endpoint) {
                 (Some(k), Some(_)) if k > 0 => st
                     .last_sent
                     .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(k.into())),
                 _ => false,
             };
-            if let (true, Some(ep)) = (keepalive_due, endpoint) {
-                let pushed =
-                    out.push_with(ep, MIN_OUTPUT, |dst| match st.tunn.encapsulate(&[], dst) {
+            if st.tunn.is_none() && !keepalive_due {
+                // Never spoken to and nothing due: no timers to run.
+                continue;
+            }
+            let tunn = peer.tunn(&mut st, &snap.identity);
+            let sent = match endpoint {
+                Some(ep) => out
+                    .push_with(ep, MIN_OUTPUT, |dst| match tunn.update_timers(dst) {
                         TunnResult::WriteToNetwork(p) => Some(p.len()),
                         _ => None,
-                    });
-                if pushed.is_some() {
-                    st.last_sent = Some(now);
+                    })
+                    .is_some(),
+                None => {
+                    // Nowhere to send: let the timers run (expiry) and drop output.
+                    let _ = tunn.update_timers(&mut scratch);
+                    false
                 }
+            };
+            let mut keepalive_sent = false;
+            if let (true, false, Some(ep)) = (keepalive_due, sent, endpoint) {
+                keepalive_sent = out
+                    .push_with(ep, MIN_OUTPUT, |dst| match tunn.encapsulate(&[], dst) {
+                        TunnResult::WriteToNetwork(p) => Some(p.len()),
+                        _ => None,
+                    })
+                    .is_some();
+            }
+            if sent || keepalive_sent {
+                st.last_sent = Some(now);
             }
         }
     }
@@ -448,11 +484,15 @@ impl Edit<'_> {
             self.remove_peer(&own);
         }
         for p in self.snap.peers.values() {
-            p.lock().tunn.set_static_private(
-                identity.secret.clone(),
-                identity.public,
-                Some(identity.rate_limiter.clone()),
-            );
+            let mut st = p.lock();
+            if let Some(t) = &mut st.tunn {
+                t.set_static_private(
+                    identity.secret.clone(),
+                    identity.public,
+                    Some(identity.rate_limiter.clone()),
+                );
+                st.made_by = Some(identity.clone());
+            }
         }
         self.snap.identity = identity;
     }
@@ -516,7 +556,8 @@ impl Edit<'_> {
             public_key: key,
             index,
             state: Mutex::new(PeerState {
-                tunn: self.snap.identity.tunn(&key, None, index),
+                tunn: None,
+                made_by: None,
                 preshared_key: None,
                 endpoint: None,
                 persistent_keepalive: None,
@@ -550,9 +591,9 @@ impl Edit<'_> {
             return false;
         };
         self.snap.by_index.remove(&peer.index);
-        self.snap
-            .allowed_ips
-            .remove_where(|p| Arc::ptr_eq(p, &peer));
+        for net in self.snap.nets.remove(key).unwrap_or_default() {
+            self.snap.allowed_ips.remove(net);
+        }
         if let Some(pos) = self.changes.added.iter().position(|k| k == key) {
             self.changes.added.remove(pos);
         } else {
@@ -589,7 +630,8 @@ impl Edit<'_> {
         if st.preshared_key == psk {
             return Ok(false);
         }
-        st.tunn = self.snap.identity.tunn(key, psk.as_ref(), peer.index);
+        // The session ends; the next handshake makes one with the new key.
+        st.tunn = None;
         st.preshared_key = psk;
         Ok(true)
     }
@@ -616,8 +658,23 @@ impl Edit<'_> {
     /// Add one allowed IP to the peer (moving it from another peer if held).
     pub fn add_allowed_ip(&mut self, key: &PublicKey, net: IpNetwork) -> Result<bool, DeviceError> {
         let peer = self.peer(key)?;
-        let prev = self.snap.allowed_ips.insert(net, peer.clone());
-        Ok(prev.is_none_or(|p| !Arc::ptr_eq(&p, &peer)))
+        Ok(self.take_net(&peer, net))
+    }
+
+    /// `net` (host bits cleared) now routes to `peer`; returns whether that changed.
+    fn take_net(&mut self, peer: &Arc<Peer>, net: IpNetwork) -> bool {
+        let net = IpNetwork::new(net.network(), net.prefix()).expect("prefix of a valid network");
+        match self.snap.allowed_ips.insert(net, peer.clone()) {
+            Some(prev) if Arc::ptr_eq(&prev, peer) => return false,
+            Some(prev) => {
+                if let Some(list) = self.snap.nets.get_mut(&prev.public_key) {
+                    list.retain(|n| *n != net);
+                }
+            }
+            None => {}
+        }
+        self.snap.nets.entry(peer.public_key).or_default().push(net);
+        true
     }
 
     /// Make the peer's allowed IPs exactly `nets`.
@@ -627,28 +684,21 @@ impl Edit<'_> {
         nets: &[IpNetwork],
     ) -> Result<bool, DeviceError> {
         let peer = self.peer(key)?;
-        let before: Vec<IpNetwork> = self
-            .snap
-            .allowed_ips
-            .iter()
-            .filter(|(_, p)| Arc::ptr_eq(p, &peer))
-            .map(|(n, _)| n)
-            .collect();
-        self.snap
-            .allowed_ips
-            .remove_where(|p| Arc::ptr_eq(p, &peer));
+        let before = self.snap.nets.remove(key).unwrap_or_default();
+        for net in &before {
+            self.snap.allowed_ips.remove(*net);
+        }
         let mut taken = false;
         for net in nets {
-            let prev = self.snap.allowed_ips.insert(*net, peer.clone());
-            taken |= prev.is_some_and(|p| !Arc::ptr_eq(&p, &peer));
+            let was_other = self
+                .snap
+                .allowed_ips
+                .get(*net)
+                .is_some_and(|p| !Arc::ptr_eq(p, &peer));
+            self.take_net(&peer, *net);
+            taken |= was_other;
         }
-        let mut after: Vec<IpNetwork> = self
-            .snap
-            .allowed_ips
-            .iter()
-            .filter(|(_, p)| Arc::ptr_eq(p, &peer))
-            .map(|(n, _)| n)
-            .collect();
+        let mut after = self.snap.nets.get(key).cloned().unwrap_or_default();
         after.sort();
         let mut before = before;
         before.sort();
@@ -723,9 +773,13 @@ impl Worker {
             return self.counters.dropped(DropReason::TooLarge);
         }
         let mut st = peer.lock();
-        let len = match st.tunn.decapsulate(Some(src.ip()), datagram, tun.slot()) {
+        if st.tunn.is_none() && !is_init {
+            // No session was ever made with this peer: a stale index.
+            return self.counters.dropped(DropReason::UnknownIndex);
+        }
+        let tunn = peer.tunn(&mut st, &snap.identity);
+        let len = match tunn.decapsulate(Some(src.ip()), datagram, tun.slot()) {
             TunnResult::WriteToNetwork(reply) => {
-                st.endpoint = Some(src);
                 net.push(src, reply);
                 self.counters.to_network();
                 if is_init {
@@ -734,7 +788,7 @@ impl Worker {
                 // Packets queued while the handshake was under way.
                 loop {
                     let slot = tun.slot();
-                    match st.tunn.decapsulate(None, &[], slot) {
+                    match tunn.decapsulate(None, &[], slot) {
                         TunnResult::WriteToNetwork(p) => {
                             net.push(src, p);
                             self.counters.to_network();
@@ -742,6 +796,7 @@ impl Worker {
                         _ => break,
                     }
                 }
+                st.endpoint = Some(src);
                 st.last_sent = Some(now);
                 return;
             }
@@ -766,7 +821,7 @@ impl Worker {
             }
             Inbound::ToPeer(to) => {
                 let plain = &tun.slot()[..header.len];
-                self.encapsulate_to(now, &to, plain, net);
+                self.encapsulate_to(now, &snap.identity, &to, plain, net);
             }
             Inbound::Drop(reason) => self.counters.dropped(reason),
         }
@@ -788,7 +843,7 @@ impl Worker {
         };
         let snap = self.device.snapshot.load();
         if let Some(peer) = snap.allowed_ips.lookup(header.dst) {
-            return self.encapsulate_to(now, peer, &packet[..header.len], net);
+            return self.encapsulate_to(now, &snap.identity, peer, &packet[..header.len], net);
         }
         self.counters.dropped(DropReason::NoRoute);
         if let (Role::Server(_), IpAddr::V4(dst)) = (&*snap.role, header.dst) {
@@ -811,14 +866,22 @@ impl Worker {
         }
     }
 
-    fn encapsulate_to(&self, now: Instant, peer: &Peer, plain: &[u8], net: &mut Transmits) {
+    fn encapsulate_to(
+        &self,
+        now: Instant,
+        identity: &Arc<Identity>,
+        peer: &Peer,
+        plain: &[u8],
+        net: &mut Transmits,
+    ) {
         let mut st = peer.lock();
         let Some(ep) = st.endpoint else {
             return self.counters.dropped(DropReason::NoEndpoint);
         };
+        let tunn = peer.tunn(&mut st, identity);
         let reserve = (plain.len() + DATA_OVERHEAD).max(MIN_OUTPUT);
         let mut err = None;
-        let sent = net.push_with(ep, reserve, |dst| match st.tunn.encapsulate(plain, dst) {
+        let sent = net.push_with(ep, reserve, |dst| match tunn.encapsulate(plain, dst) {
             TunnResult::WriteToNetwork(p) => Some(p.len()),
             TunnResult::Err(e) => {
                 err = Some(e);

@@ -9,8 +9,8 @@
 
 use super::{Command, Shared};
 use cloudpipe_core::uapi::{
-    self, errno, frame, parse_request, write_errno, write_get, write_status, DeviceInfo, Frame,
-    Request, UapiError,
+    self, errno, frame_after, parse_request, write_errno, write_get, write_status, DeviceInfo,
+    Frame, Request, UapiError,
 };
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -133,8 +133,10 @@ async fn connection(
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
+        // Bytes of `buf` already searched for the end of a request.
+        let mut scanned = 0;
         let (request, closed) = loop {
-            match frame(&buf) {
+            match frame_after(&buf, scanned) {
                 Frame::Complete(n) => break (buf.drain(..n).collect::<Vec<u8>>(), false),
                 Frame::TooLong => {
                     tracing::warn!(
@@ -145,7 +147,7 @@ async fn connection(
                     write_errno(&mut out, errno::EMSGSIZE);
                     return stream.write_all(out.as_bytes()).await;
                 }
-                Frame::Incomplete => {}
+                Frame::Incomplete => scanned = buf.len(),
             }
             let n = match tokio::time::timeout(REQUEST_TIMEOUT, stream.read(&mut chunk)).await {
                 Ok(r) => r?,
