@@ -71,6 +71,16 @@ pub enum PayloadError {
     TooLarge { len: usize, max: usize },
     #[error("payload is neither a zip nor base64 text ({0})")]
     NotBase64(String),
+    #[error(
+        "payload is {format}-compressed{layer}, not a zip archive or base64 text: \
+         decompress it first (`{tool}`) and give the result"
+    )]
+    Compressed {
+        format: &'static str,
+        tool: &'static str,
+        /// Empty, or where the compressed data was found (inside a base64 layer).
+        layer: &'static str,
+    },
     #[error("payload is not a valid zip archive: {0}")]
     NotZip(String),
     #[error("payload zip has {0} members, at most {MAX_MEMBERS} allowed")]
@@ -194,6 +204,28 @@ fn wrap(s: &str, width: usize) -> String {
     out
 }
 
+/// Compressed formats some tools wrap user-data in, by their magic numbers (RFC 1952
+/// gzip; bzip2, xz, zstd and lz4 frames), with the command that undoes each.
+const COMPRESSED: [(&[u8], &str, &str); 5] = [
+    (b"\x1f\x8b", "gzip", "gunzip"),
+    (b"BZh", "bzip2", "bunzip2"),
+    (b"\xfd7zXZ\x00", "xz", "unxz"),
+    (b"\x28\xb5\x2f\xfd", "zstd", "unzstd"),
+    (b"\x04\x22\x4d\x18", "lz4", "unlz4"),
+];
+
+/// The compression format `b` starts with, if it is one of [`COMPRESSED`].
+fn compressed(b: &[u8], layer: &'static str) -> Result<(), PayloadError> {
+    match COMPRESSED.iter().find(|(magic, ..)| b.starts_with(magic)) {
+        Some((_, format, tool)) => Err(PayloadError::Compressed {
+            format,
+            tool,
+            layer,
+        }),
+        None => Ok(()),
+    }
+}
+
 const ZIP_MAGIC: &[u8] = b"PK\x03\x04";
 const EMPTY_ZIP_MAGIC: &[u8] = b"PK\x05\x06";
 
@@ -257,7 +289,9 @@ fn decode_members(input: &[u8]) -> Result<Members, PayloadError> {
     let zip = if is_zip(input) {
         input.to_vec()
     } else {
+        compressed(input, "")?;
         let once = unbase64(input).map_err(PayloadError::NotBase64)?;
+        compressed(&once, " inside a base64 layer")?;
         if is_zip(&once) {
             once
         } else {
@@ -401,6 +435,47 @@ mod tests {
             zip.write_all(data).unwrap();
         }
         zip.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn compressed_user_data_is_named() {
+        let zip = build_zip(&sample());
+        let gzip = {
+            // A gzip member (RFC 1952) of the zip: header, deflate, CRC and size.
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(&zip).unwrap();
+            e.finish().unwrap()
+        };
+        let e = decode(&gzip).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                PayloadError::Compressed {
+                    format: "gzip",
+                    layer: "",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("gunzip"), "{e}");
+        let b64 = STANDARD.encode(&gzip);
+        assert!(matches!(
+            decode(b64.as_bytes()),
+            Err(PayloadError::Compressed {
+                format: "gzip",
+                layer: " inside a base64 layer",
+                ..
+            })
+        ));
+        for (magic, format, _) in COMPRESSED {
+            let mut data = magic.to_vec();
+            data.extend_from_slice(&zip);
+            assert!(
+                matches!(decode(&data), Err(PayloadError::Compressed { format: f, .. }) if f == format),
+                "{format}"
+            );
+        }
     }
 
     #[test]
