@@ -39,7 +39,9 @@ impl ClientConfig {
             address,
             private_key,
             dns: network.dns.clone(),
-            mtu: (network.mtu != crate::config::DEFAULT_TUNNEL_MTU).then_some(network.mtu),
+            // Always written: wg-quick's own guess (the route to the endpoint less
+            // 80) knows nothing of the tenant network behind the appliance.
+            mtu: Some(network.mtu),
             server_public_key: network.private_key.public_key(),
             preshared_key,
             endpoint,
@@ -77,6 +79,41 @@ impl ClientConfig {
         );
         let _ = writeln!(s, "PersistentKeepalive = {PERSISTENT_KEEPALIVE}");
         s
+    }
+}
+
+/// Where a client's endpoint lies against the networks its config routes into the
+/// tunnel (`AllowedIPs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointRoute {
+    /// An address outside them, or IPv6 (the tunnel carries IPv4 only).
+    Outside,
+    /// An IPv4 address inside this one: the client would send its own encrypted
+    /// packets into the tunnel, where they loop (nothing passes, the link fills).
+    /// wg-quick and the WireGuard apps exclude the endpoint from a default route
+    /// (`0.0.0.0/0`) only, so that one is not counted.
+    Inside(Ipv4Network),
+    /// A name: where it resolves is not known here.
+    Name(String),
+}
+
+/// Check an endpoint (`HOST:PORT`, `[IPV6]:PORT`, or a bare host) against `allowed_ips`.
+pub fn endpoint_route(endpoint: &str, allowed_ips: &[Ipv4Network]) -> EndpointRoute {
+    let host = if endpoint.starts_with('[') {
+        return EndpointRoute::Outside;
+    } else {
+        endpoint
+            .rsplit_once(':')
+            .map_or(endpoint, |(h, _)| h)
+            .trim()
+    };
+    match host.parse::<Ipv4Addr>() {
+        Ok(ip) => allowed_ips
+            .iter()
+            .find(|n| n.prefix() > 0 && n.contains(ip))
+            .map_or(EndpointRoute::Outside, |n| EndpointRoute::Inside(*n)),
+        Err(_) if host.parse::<std::net::Ipv6Addr>().is_ok() => EndpointRoute::Outside,
+        Err(_) => EndpointRoute::Name(host.to_string()),
     }
 }
 
@@ -148,7 +185,10 @@ mod tests {
         assert!(text.contains("Endpoint = 198.51.100.7:1194\n"));
         assert!(text.contains("AllowedIPs = 10.0.0.0/24, 192.168.50.0/24\n"));
         assert!(text.contains("PersistentKeepalive = 25\n"));
-        assert!(!text.contains("MTU"), "default MTU is not written");
+        assert!(
+            text.contains("MTU = 1420\n"),
+            "the MTU is always written: {text}"
+        );
     }
 
     #[test]
@@ -196,6 +236,7 @@ mod tests {
                 "Address",
                 "PrivateKey",
                 "DNS",
+                "MTU",
                 "[Peer]",
                 "PublicKey",
                 "PresharedKey",
@@ -238,6 +279,35 @@ AllowedIPs = 0.0.0.0/0
         assert_eq!(
             strip("[interface]\naddress = 1\nMtu = 2\n"),
             "[interface]\n"
+        );
+    }
+
+    #[test]
+    fn an_endpoint_inside_a_routed_network_is_found() {
+        let nets: Vec<Ipv4Network> = ["10.0.0.0/24", "203.0.113.0/24", "0.0.0.0/0"]
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        assert_eq!(
+            endpoint_route("203.0.113.10:1194", &nets),
+            EndpointRoute::Inside(nets[1])
+        );
+        assert_eq!(
+            endpoint_route("10.0.0.7", &nets),
+            EndpointRoute::Inside(nets[0])
+        );
+        // A default route is handled by the clients themselves.
+        assert_eq!(
+            endpoint_route("198.51.100.7:1194", &nets),
+            EndpointRoute::Outside
+        );
+        assert_eq!(
+            endpoint_route("[2001:db8::1]:1194", &nets),
+            EndpointRoute::Outside
+        );
+        assert_eq!(
+            endpoint_route("vpn.example.org:1194", &nets),
+            EndpointRoute::Name("vpn.example.org".into())
         );
     }
 

@@ -16,7 +16,24 @@ use std::net::Ipv4Addr;
 /// The payload format this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 /// WireGuard's usual tunnel MTU: 1500 minus 80 bytes of IPv6+UDP+WireGuard overhead.
+/// The payload's default ceiling; the appliance uses less on a smaller tenant network.
 pub const DEFAULT_TUNNEL_MTU: u16 = 1420;
+/// What WireGuard adds to a packet on the tenant network: an outer IPv6 header (40
+/// bytes), UDP (8) and WireGuard's data header and tag (32). Over IPv4 it is 60; 80
+/// fits both, as wg-quick assumes.
+pub const WIREGUARD_OVERHEAD: u16 = 80;
+/// The tenant network MTU assumed when none is given: Neutron's ML2/OVS with VXLAN,
+/// the most common (1500 less 50 of VXLAN). OVN's Geneve networks have 1442, flat and
+/// VLAN provider networks 1500; a tunnel made for 1450 also fits 1500.
+pub const DEFAULT_TENANT_MTU: u16 = 1450;
+
+/// The tunnel MTU that fits a tenant network of MTU `tenant_mtu`: that less
+/// [`WIREGUARD_OVERHEAD`], or `None` when less than [`MIN_MTU`] would be left.
+pub fn tunnel_mtu(tenant_mtu: u16) -> Option<u16> {
+    tenant_mtu
+        .checked_sub(WIREGUARD_OVERHEAD)
+        .filter(|m| *m >= MIN_MTU)
+}
 /// IANA's OpenVPN port, kept from Nova's cloudpipe so security groups and floating IP
 /// forwards stay the same.
 pub const DEFAULT_LISTEN_PORT: u16 = 1194;
@@ -653,6 +670,16 @@ pub(crate) mod tests {
         let mut f = sample_file();
         f.peers[0].public_key = PrivateKey::from_bytes([1; 32]).public_key().to_base64();
         assert_eq!(rejected(f).field, "peers[0].public_key");
+    }
+
+    #[test]
+    fn tunnel_mtu_leaves_room_for_wireguard() {
+        assert_eq!(tunnel_mtu(1500), Some(DEFAULT_TUNNEL_MTU));
+        assert_eq!(tunnel_mtu(DEFAULT_TENANT_MTU), Some(1370));
+        assert_eq!(tunnel_mtu(1442), Some(1362));
+        assert_eq!(tunnel_mtu(MIN_MTU + WIREGUARD_OVERHEAD), Some(MIN_MTU));
+        assert_eq!(tunnel_mtu(MIN_MTU + WIREGUARD_OVERHEAD - 1), None);
+        assert_eq!(tunnel_mtu(40), None);
     }
 
     #[test]

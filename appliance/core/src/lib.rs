@@ -4,13 +4,14 @@
 //! ([`payload`], [`config`]), WireGuard keys ([`keys`]), the client address pool
 //! ([`pool`]), client configs for stock WireGuard clients ([`client_config`]) and the
 //! metadata overlay that adds and revokes clients on a running
-//! appliance ([`overlay`]); and the WireGuard data path's logic: checked IP packet
-//! views ([`packet`]) and a role-neutral WireGuard device ([`wg`]: peers, the
-//! allowed-IPs trie, routing per role, GSO-shaped output queues, counters) that runs
-//! every peer's boringtun session. Around a running appliance: the one owner of its
-//! peer set ([`reconcile`]: sources hand it changes, it returns one diff for the
-//! device and the host), the `wg` userspace API codec ([`uapi`]) and the live
-//! status document ([`status`]).
+//! appliance ([`overlay`]); what a network needs from Neutron ([`neutron`]: the
+//! launch recipe, allowed address pairs, allocation pools); and the WireGuard data
+//! path's logic: checked IP packet views ([`packet`]) and a role-neutral WireGuard
+//! device ([`wg`]: peers, the allowed-IPs trie, routing per role, GSO-shaped output
+//! queues, counters) that runs every peer's boringtun session. Around a running
+//! appliance: the one owner of its peer set ([`reconcile`]: sources hand it changes,
+//! it returns one diff for the device and the host), the `wg` userspace API codec
+//! ([`uapi`]) and the live status document ([`status`]).
 //!
 //! This crate does not open sockets, files or devices, nor read the clock: callers
 //! pass bytes and `now` in and send what comes out. (boringtun's timers keep their
@@ -22,6 +23,7 @@
 pub mod client_config;
 pub mod config;
 pub mod keys;
+pub mod neutron;
 pub mod overlay;
 pub mod packet;
 pub mod payload;
