@@ -140,8 +140,10 @@ pub struct NetworkOptions {
     /// Let clients reach each other (Nova's client-to-client).
     #[arg(long)]
     pub client_to_client: bool,
-    /// Tunnel MTU.
-    #[arg(long, default_value_t = cloudpipe_core::config::DEFAULT_TUNNEL_MTU)]
+    /// The tenant network's MTU, as `openstack network show -c mtu NETWORK` prints it
+    /// (ML2/OVS with VXLAN: 1450; OVN with Geneve: 1442; flat or VLAN: 1500). Clients'
+    /// configs get it less 80 bytes of WireGuard overhead; 1450 also fits 1500.
+    #[arg(long, default_value_t = cloudpipe_core::config::DEFAULT_TENANT_MTU)]
     pub mtu: u16,
     /// UDP listen port.
     #[arg(long, default_value_t = cloudpipe_core::config::DEFAULT_LISTEN_PORT)]
@@ -175,6 +177,14 @@ pub enum NetworkCmd {
         /// Where clients connect, HOST[:PORT].
         #[arg(long)]
         endpoint: Option<String>,
+        /// Size of the client pool when the payload has none (later Nova releases
+        /// default `cnt_vpn_clients` to 0) [default: 5]; given, it replaces the
+        /// payload's.
+        #[arg(long)]
+        clients: Option<u32>,
+        /// The tenant network's MTU (`openstack network show -c mtu NETWORK`).
+        #[arg(long, default_value_t = cloudpipe_core::config::DEFAULT_TENANT_MTU)]
+        mtu: u16,
         /// The Nova payload file (any encoding), or - for standard input.
         file: PathBuf,
     },
@@ -310,6 +320,11 @@ pub struct OpenstackArgs {
     /// External network for the floating IP.
     #[arg(long, default_value = "public")]
     pub external_network: String,
+    /// Print the same recipe as JSON (Neutron's field names: security group and
+    /// rules, port with fixed IP and allowed address pairs, allocation pools,
+    /// floating IP, server with user-data).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[cfg(test)]

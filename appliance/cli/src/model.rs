@@ -27,7 +27,12 @@ pub struct NetworkFile {
     pub dns: Vec<Ipv4Addr>,
     pub mode: Mode,
     pub client_to_client: bool,
+    /// The tunnel MTU: clients' `MTU =` and the appliance's ceiling.
     pub mtu: u16,
+    /// The tenant network's MTU the tunnel MTU was derived from (`network create
+    /// --mtu`); absent in networks created before it was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_mtu: Option<u16>,
     pub listen_port: u16,
     /// `host:port` clients connect to (the floating IP).
     pub endpoint: Option<String>,
@@ -294,6 +299,7 @@ mod tests {
             mode: Mode::ProxyArp,
             client_to_client: false,
             mtu: 1420,
+            tenant_mtu: None,
             listen_port: 1194,
             endpoint: None,
             status_port: None,

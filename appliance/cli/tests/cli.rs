@@ -560,13 +560,27 @@ fn openstack_commands_cover_port_security_and_floating_ip() {
     let s = State::new("os");
     s.create(&[]);
     let out = s.ok(&["openstack", "net1"]);
+    // Nothing Neutron's default policy refuses a project member.
+    for admin_only in [
+        "--floating-ip-address",
+        "--provider-",
+        "--project ",
+        "--share",
+    ] {
+        assert!(
+            !out.contains(admin_only),
+            "{admin_only} needs admin:\n{out}"
+        );
+    }
     for needle in [
         "--protocol udp --dst-port 1194",
         "--protocol icmp",
         "ip-address=10.0.0.2",
-        "--allowed-address ip-address=10.0.0.250/31",
-        "--allowed-address ip-address=10.0.0.254/32",
-        "openstack floating ip create public --floating-ip-address 198.51.100.7 --port cloudpipe-net1",
+        // The pool .250-.254 in one pair (the /29's .248, .249 are reserved with it).
+        "--allowed-address ip-address=10.0.0.248/29 cloudpipe-net1",
+        // The endpoint is a floating IP the project holds: attached, not created with
+        // an address (admin-only under Neutron's default policy).
+        "openstack floating ip set --port cloudpipe-net1 198.51.100.7",
         "--subnet-range 10.0.0.0/24",
         "--user-data cloudpipe-net1.user-data",
         "cloudpipe payload net1 --encoding guest",
@@ -590,11 +604,412 @@ fn openstack_commands_cover_port_security_and_floating_ip() {
     for needle in [
         "--protocol udp --dst-port 51820",
         "--network tenant-net",
-        "openstack floating ip create public --port cloudpipe-net1",
-        "cloudpipe network set-endpoint net1 FLOATING_IP:51820",
+        "FLOATING_IP=$(openstack floating ip create public -f value -c floating_ip_address)",
+        "openstack floating ip set --port cloudpipe-net1 \"$FLOATING_IP\"",
+        "cloudpipe network set-endpoint net1 \"$FLOATING_IP:51820\"",
     ] {
         assert!(out.contains(needle), "{needle} missing:\n{out}");
     }
+}
+
+/// The printed commands, without comments, joined where a line continues.
+fn commands(out: &str) -> Vec<String> {
+    out.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn allowed_address_pairs_never_exceed_neutrons_ten_per_port() {
+    // Every pool a /24 can have, and a /22's: at most 10 pairs, each holding only
+    // pool addresses or ones reserved with them, never the gateway.
+    for (cidr, max) in [("10.0.0.0/24", 251), ("10.0.0.0/22", 1019)] {
+        for clients in (1..=max).step_by(if max > 300 { 37 } else { 1 }) {
+            let s = State::new(&format!("pairs{clients}"));
+            let n = clients.to_string();
+            s.ok(&["network", "create", "m", "--cidr", cidr, "--clients", &n]);
+            let out = s.ok(&["openstack", "m", "--json"]);
+            let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+            let pairs = r["port"]["allowed_address_pairs"].as_array().unwrap();
+            assert!(
+                (1..=10).contains(&pairs.len()),
+                "{cidr} with {clients} clients: {} pairs",
+                pairs.len()
+            );
+            for p in pairs {
+                let net: ipnetwork::Ipv4Network =
+                    p["ip_address"].as_str().unwrap().parse().unwrap();
+                assert!(
+                    !net.contains("10.0.0.1".parse().unwrap()),
+                    "{net} holds the gateway"
+                );
+            }
+        }
+    }
+    // The case: 126 clients, which exactly takes 12 blocks.
+    let s = State::new("pairs126");
+    s.ok(&[
+        "network",
+        "create",
+        "m",
+        "--cidr",
+        "10.0.0.0/24",
+        "--clients",
+        "126",
+    ]);
+    let out = s.ok(&["openstack", "m"]);
+    assert_eq!(out.matches("--allowed-address ").count(), 1, "{out}");
+    assert!(
+        out.contains("--allowed-address ip-address=10.0.0.128/25"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_pool_that_needs_more_than_ten_pairs_is_refused_at_create() {
+    let s = State::new("pairsmax");
+    // A /16 pool starting right above the appliance: 15 blocks avoid the gateway.
+    let e = s.fails(&[
+        "network",
+        "create",
+        "m",
+        "--cidr",
+        "10.0.0.0/16",
+        "--clients",
+        "65532",
+    ]);
+    assert!(
+        e.contains("--clients 65532")
+            && e.contains("needs 15 allowed address pairs")
+            && e.contains("max_allowed_address_pair"),
+        "{e}"
+    );
+    assert!(s.ok(&["network", "list"]).is_empty());
+    // Masquerade needs no pairs: the same pool is fine.
+    s.ok(&[
+        "network",
+        "create",
+        "m",
+        "--cidr",
+        "10.0.0.0/16",
+        "--clients",
+        "65532",
+        "--mode",
+        "masquerade",
+    ]);
+}
+
+#[test]
+fn the_recipe_reserves_the_pool_and_checks_mtu_and_the_dot_2() {
+    let s = State::new("reserve");
+    s.create(&["--route", "192.168.50.0/24", "--mtu", "1442"]);
+    let out = s.ok(&["openstack", "net1"]);
+    let cmds = commands(&out);
+    let has = |needle: &str| cmds.iter().any(|c| c.contains(needle));
+    // Neutron's default pool less .2 and the pairs' /29.
+    assert!(
+        has("openstack subnet set --no-allocation-pool --allocation-pool start=10.0.0.3,end=10.0.0.247 $(openstack subnet list --network net1 --subnet-range 10.0.0.0/24 -f value -c ID)"),
+        "{out}"
+    );
+    // The check for a port (DHCP's) holding .2, and the way out.
+    assert!(
+        has("openstack port list --network net1 --fixed-ip ip-address=10.0.0.2"),
+        "{out}"
+    );
+    assert!(out.contains("--address"), "{out}");
+    // The MTU the configs were made for, and how to read Neutron's.
+    assert!(has("openstack network show net1 -c mtu -f value"), "{out}");
+    assert!(
+        out.contains("must be 1442") && out.contains("MTU = 1362"),
+        "{out}"
+    );
+    // The tenant subnet and the pushed route reach the clients through the group.
+    for from in ["10.0.0.0/24", "192.168.50.0/24"] {
+        assert!(
+            has(&format!(
+                "--ingress --ethertype IPv4 --protocol any --remote-ip {from}"
+            )),
+            "{from}:\n{out}"
+        );
+    }
+    let conf = s.ok(&["client", "add", "net1", "alice"]);
+    assert_eq!(value(&conf, "MTU"), "1362");
+}
+
+#[test]
+fn the_json_recipe_names_the_same_resources_as_the_commands() {
+    for mode in ["proxy-arp", "masquerade"] {
+        let s = State::new(&format!("json-{mode}"));
+        s.create(&["--mode", mode, "--route", "192.168.50.0/24"]);
+        let text = s.ok(&["openstack", "net1", "--network-id", "tenant-net"]);
+        let json = s.ok(&["openstack", "net1", "--network-id", "tenant-net", "--json"]);
+        let r: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let cmds = commands(&text);
+        let find = |prefix: &str| -> Vec<&String> {
+            cmds.iter().filter(|c| c.starts_with(prefix)).collect()
+        };
+        let sg = r["security_group"]["name"].as_str().unwrap();
+        assert_eq!(find("openstack security group create").len(), 1, "{text}");
+        assert!(find("openstack security group create")[0].ends_with(&format!(" {sg}")));
+        let rules = find("openstack security group rule create");
+        let want = r["security_group"]["rules"].as_array().unwrap();
+        assert_eq!(rules.len(), want.len(), "{text}\n{json}");
+        for (c, w) in rules.iter().zip(want) {
+            let proto = w["protocol"].as_str().unwrap_or("any");
+            assert!(c.contains(&format!("--protocol {proto} ")), "{c} vs {w}");
+            assert!(
+                c.contains(&format!(
+                    "--remote-ip {} ",
+                    w["remote_ip_prefix"].as_str().unwrap()
+                )),
+                "{c}"
+            );
+            if let Some(p) = w["port_range_min"].as_u64() {
+                assert!(c.contains(&format!("--dst-port {p} ")), "{c}");
+            }
+            assert!(c.ends_with(&format!(" {sg}")), "{c}");
+        }
+        let port = r["port"]["name"].as_str().unwrap();
+        let pc = find("openstack port create");
+        assert_eq!(pc.len(), 1);
+        let pc = pc[0];
+        assert!(pc.ends_with(&format!(" {port}")), "{pc}");
+        assert!(
+            pc.contains(&format!("--network {}", r["network"].as_str().unwrap())),
+            "{pc}"
+        );
+        assert!(pc.contains(&format!(
+            "ip-address={}",
+            r["port"]["fixed_ips"][0]["ip_address"].as_str().unwrap()
+        )));
+        assert!(pc.contains(&format!("--security-group {sg}")), "{pc}");
+        let pairs = r["port"]["allowed_address_pairs"].as_array().unwrap();
+        assert_eq!(pc.matches("--allowed-address").count(), pairs.len(), "{pc}");
+        for p in pairs {
+            assert!(pc.contains(&format!(
+                "--allowed-address ip-address={}",
+                p["ip_address"].as_str().unwrap()
+            )));
+        }
+        let pools: Vec<String> = r["subnet"]["allocation_pools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                format!(
+                    "--allocation-pool start={},end={}",
+                    p["start"].as_str().unwrap(),
+                    p["end"].as_str().unwrap()
+                )
+            })
+            .collect();
+        let subnet_set = find("openstack subnet set");
+        assert_eq!(subnet_set.len(), 1);
+        assert!(
+            subnet_set[0].contains(&format!("--no-allocation-pool {} ", pools.join(" "))),
+            "{}",
+            subnet_set[0]
+        );
+        assert!(subnet_set[0].contains(&format!(
+            "--subnet-range {}",
+            r["subnet"]["cidr"].as_str().unwrap()
+        )));
+        let fip = &r["floating_ip"];
+        let attach = find("openstack floating ip set");
+        assert_eq!(attach.len(), 1);
+        assert!(attach[0].starts_with(&format!(
+            "openstack floating ip set --port {} ",
+            fip["port"].as_str().unwrap()
+        )));
+        match fip["floating_ip_address"].as_str() {
+            Some(a) => assert!(attach[0].ends_with(a), "{}", attach[0]),
+            None => assert!(
+                find("FLOATING_IP=$(openstack floating ip create ")[0]
+                    .contains(fip["floating_network"].as_str().unwrap()),
+                "{text}"
+            ),
+        }
+        let server = &r["server"];
+        let sc = find("openstack server create");
+        assert_eq!(sc.len(), 1);
+        for (flag, key) in [
+            ("--image", "image"),
+            ("--flavor", "flavor"),
+            ("--port", "port"),
+            ("--user-data", "user_data"),
+        ] {
+            assert!(
+                sc[0].contains(&format!("{flag} {}", server[key].as_str().unwrap())),
+                "{}",
+                sc[0]
+            );
+        }
+        assert!(sc[0].ends_with(&format!(" {}", server["name"].as_str().unwrap())));
+        let payload = find("cloudpipe payload");
+        assert!(
+            payload[0].contains(&format!(
+                "--encoding {} --output {}",
+                server["user_data_encoding"].as_str().unwrap(),
+                server["user_data"].as_str().unwrap()
+            )),
+            "{}",
+            payload[0]
+        );
+    }
+}
+
+#[test]
+fn an_endpoint_inside_what_clients_route_through_the_tunnel_is_refused() {
+    let s = State::new("loopy");
+    let e = s.fails(&[
+        "network",
+        "create",
+        "loopy",
+        "--cidr",
+        "10.77.0.0/24",
+        "--endpoint",
+        "203.0.113.10",
+        "--route",
+        "203.0.113.0/24",
+    ]);
+    assert!(
+        e.contains("--endpoint 203.0.113.10:1194 is inside --route 203.0.113.0/24")
+            && e.contains("use an endpoint outside it"),
+        "{e}"
+    );
+    // Inside the tenant subnet itself, which every client routes.
+    let e = s.fails(&[
+        "network",
+        "create",
+        "loopy",
+        "--cidr",
+        "10.77.0.0/24",
+        "--endpoint",
+        "10.77.0.9",
+    ]);
+    assert!(e.contains("inside the tenant subnet 10.77.0.0/24"), "{e}");
+    assert!(s.ok(&["network", "list"]).is_empty(), "nothing was created");
+    // A default route is fine: clients exclude their endpoint from it themselves.
+    s.ok(&[
+        "network",
+        "create",
+        "full",
+        "--cidr",
+        "10.77.0.0/24",
+        "--endpoint",
+        "203.0.113.10",
+        "--route",
+        "0.0.0.0/0",
+    ]);
+    // set-endpoint checks the same.
+    s.ok(&[
+        "network",
+        "create",
+        "n",
+        "--cidr",
+        "10.0.0.0/24",
+        "--route",
+        "198.51.100.0/24",
+    ]);
+    let e = s.fails(&["network", "set-endpoint", "n", "198.51.100.20:51820"]);
+    assert!(
+        e.contains("inside the network's pushed route 198.51.100.0/24"),
+        "{e}"
+    );
+    // A name cannot be checked: a warning that says what it must not resolve to.
+    let o = s.run(&["network", "set-endpoint", "n", "vpn.example.org"]);
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("warning") && err.contains("10.0.0.0/24, 198.51.100.0/24"),
+        "{err}"
+    );
+}
+
+#[test]
+fn import_nova_without_vpn_clients_takes_a_pool_size() {
+    let s = State::new("nova0");
+    let autorun = "#!/bin/sh\nDHCP_LOWER=`echo $BROADCAST | awk -F. '{print $1\".\"$2\".\"$3\".\" $4 - 0 }'`\n";
+    let f = s.0.with_extension("nova0.zip");
+    std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+    std::fs::write(&f, nova_zip(autorun)).unwrap();
+    let path = f.to_str().unwrap();
+    let o = s.run(&[
+        "network",
+        "import-nova",
+        "old",
+        "--cidr",
+        "10.0.0.0/24",
+        path,
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("cnt_vpn_clients = 0") && err.contains("--clients N"),
+        "{err}"
+    );
+    assert!(s.ok(&["network", "show", "old"]).contains("(5 addresses)"));
+    s.ok(&[
+        "network",
+        "import-nova",
+        "older",
+        "--cidr",
+        "10.0.0.0/24",
+        "--clients",
+        "9",
+        path,
+    ]);
+    assert!(s
+        .ok(&["network", "show", "older"])
+        .contains("10.0.0.246-10.0.0.254 (9 addresses)"));
+    // An error about the pool names import-nova's own option.
+    let e = s.fails(&[
+        "network",
+        "import-nova",
+        "tiny",
+        "--cidr",
+        "10.0.0.0/29",
+        "--clients",
+        "9",
+        path,
+    ]);
+    assert!(e.contains("--clients") && e.contains("at most 4"), "{e}");
+    std::fs::remove_file(f).unwrap();
+}
+
+#[test]
+fn gzipped_user_data_is_named_as_gzip() {
+    use std::io::Write as _;
+    let s = State::new("gzip");
+    s.create(&[]);
+    let p = s.0.join("net1.guest");
+    s.ok(&["payload", "net1", "--output", p.to_str().unwrap()]);
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(&std::fs::read(&p).unwrap()).unwrap();
+    let gz = s.0.join("net1.guest.gz");
+    std::fs::write(&gz, e.finish().unwrap()).unwrap();
+    let o = s.run(&["payload", "inspect", gz.to_str().unwrap()]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!o.status.success());
+    assert!(
+        text.contains("gzip-compressed") && text.contains("gunzip"),
+        "{text}"
+    );
+    assert!(!text.contains("Invalid symbol"), "{text}");
+    let e = s.fails(&[
+        "network",
+        "import-nova",
+        "x",
+        "--cidr",
+        "10.1.0.0/24",
+        gz.to_str().unwrap(),
+    ]);
+    assert!(e.contains("gzip-compressed"), "{e}");
 }
 
 /// A wireguard-go interface in a network namespace of our own, torn down on drop

@@ -6,55 +6,28 @@ use crate::cli::{NetworkCmd, NetworkOptions};
 use crate::model::{build_config, server_key_path, Network, NetworkFile, Status};
 use crate::state::{self, StateDir};
 use anyhow::{bail, Context, Result};
-use cloudpipe_core::config::{check_name, parse_cidr, ConfigError, Mode};
+use cloudpipe_core::client_config::{endpoint_route, EndpointRoute};
+use cloudpipe_core::config::{
+    check_name, parse_cidr, tunnel_mtu, Config, ConfigError, Mode, MAX_MTU, MIN_MTU,
+    WIREGUARD_OVERHEAD,
+};
 use cloudpipe_core::keys::PrivateKey;
+use cloudpipe_core::neutron::{allowed_address_pairs, cover, MAX_ALLOWED_ADDRESS_PAIRS};
 use cloudpipe_core::payload::{self, Payload};
 use cloudpipe_core::pool::Pool;
 use std::net::Ipv4Addr;
 
 pub fn run(state: &StateDir, cmd: NetworkCmd) -> Result<()> {
     match cmd {
-        NetworkCmd::Create { name, opts } => create(state, &name, &opts),
+        NetworkCmd::Create { name, opts } => create(state, &name, &opts, Origin::Create),
         NetworkCmd::ImportNova {
             name,
             cidr,
             endpoint,
+            clients,
+            mtu,
             file,
-        } => {
-            let bytes = read_payload(&file)?;
-            let nova = match payload::decode(&bytes) {
-                Ok(Payload::Nova(n)) => n,
-                Ok(Payload::Cloudpipe(_)) => bail!(
-                    "{} is already a cloudpipe v1 payload, not a Nova one",
-                    file.display()
-                ),
-                Err(e) => bail!("{}: {e}", file.display()),
-            };
-            let clients = nova.clients.context(
-                "the Nova payload's autorun.sh does not say how many VPN clients it had",
-            )?;
-            let opts = NetworkOptions {
-                cidr,
-                gateway: None,
-                address: None,
-                clients,
-                routes: nova.routes.iter().map(|r| r.to_string()).collect(),
-                dns: vec![],
-                endpoint,
-                mode: Mode::ProxyArp,
-                // Nova's bootscript always enabled it.
-                client_to_client: true,
-                mtu: cloudpipe_core::config::DEFAULT_TUNNEL_MTU,
-                port: cloudpipe_core::config::DEFAULT_LISTEN_PORT,
-                status_port: None,
-            };
-            create(state, &name, &opts)?;
-            eprintln!(
-                "imported from Nova's payload: {clients} clients, routes {:?}, client-to-client on",
-                opts.routes
-            );
-            Ok(())
-        }
+        } => import_nova(state, &name, cidr, endpoint, clients, mtu, &file),
         NetworkCmd::List => {
             let _lock = state.lock()?;
             // One unreadable network does not hide the others.
@@ -110,6 +83,7 @@ pub fn run(state: &StateDir, cmd: NetworkCmd) -> Result<()> {
         NetworkCmd::SetEndpoint { name, endpoint } => {
             let mut net = open(state, &name)?;
             let endpoint = normalize_endpoint(&endpoint, net.file.listen_port)?;
+            check_endpoint(&endpoint, &net.config()?, &Origin::SetEndpoint)?;
             let old = net.file.endpoint.replace(endpoint.clone());
             state::write_json(&net.dir.join("network.json"), &net.file, 0o600)?;
             eprintln!("clients of {name} connect to {endpoint}");
@@ -139,18 +113,141 @@ pub fn run(state: &StateDir, cmd: NetworkCmd) -> Result<()> {
     }
 }
 
-/// The command-line option behind a configuration field, for error messages.
-fn flag_of(field: &str) -> String {
+/// Which command is making the network: error messages name its own options.
+enum Origin {
+    Create,
+    /// `import-nova`: routes and the pool come from the payload.
+    ImportNova,
+    SetEndpoint,
+}
+
+/// The command-line option (or payload part) behind a configuration field, for
+/// error messages.
+fn flag_of(field: &str, origin: &Origin) -> String {
     let base = field.split('[').next().unwrap_or(field);
-    match base {
-        "network" => "network name".into(),
-        "listen_port" => "--port".into(),
-        "status_port" => "--status-port".into(),
-        "routes" => format!("--route{}", &field[base.len()..]),
-        "cidr" | "gateway" | "address" | "mtu" | "dns" | "pool" | "mode" => format!("--{base}"),
+    let index = &field[base.len()..];
+    match (base, origin) {
+        ("network", _) => "network name".into(),
+        ("routes", Origin::ImportNova) => {
+            format!("the Nova payload's pushed route{index} (dmz_net/dmz_mask)")
+        }
+        // The pool is the top --clients addresses (Nova's rule); there is no --pool.
+        ("pool", _) => "--clients".into(),
+        ("listen_port", _) => "--port".into(),
+        ("status_port", _) => "--status-port".into(),
+        ("routes", _) => format!("--route{index}"),
+        ("cidr" | "gateway" | "address" | "mtu" | "dns" | "mode", _) => {
+            format!("--{base}")
+        }
         _ => field.to_string(),
     }
 }
+
+/// Refuse an endpoint clients would route into their own tunnel; warn about a name,
+/// which may resolve there.
+fn check_endpoint(endpoint: &str, config: &Config, origin: &Origin) -> Result<()> {
+    let (flag, routes_flag) = match origin {
+        Origin::Create => ("--endpoint", "--route"),
+        Origin::ImportNova => ("--endpoint", "the Nova payload's pushed route"),
+        Origin::SetEndpoint => ("the endpoint", "the network's pushed route"),
+    };
+    let routed = config.client_allowed_ips();
+    let which = |n: &ipnetwork::Ipv4Network| {
+        if *n == config.subnet {
+            format!("the tenant subnet {n}")
+        } else {
+            format!("{routes_flag} {n}")
+        }
+    };
+    match endpoint_route(endpoint, &routed) {
+        EndpointRoute::Outside => Ok(()),
+        EndpointRoute::Inside(n) => bail!(
+            "{flag} {endpoint} is inside {}, which clients send through the tunnel: they \
+             would send their own WireGuard packets into it and reach nothing; use an \
+             endpoint outside it (the floating IP) or push narrower routes",
+            which(&n)
+        ),
+        EndpointRoute::Name(host) => {
+            let list: Vec<String> = routed.iter().map(|n| n.to_string()).collect();
+            eprintln!(
+                "warning: {flag} {host} is a name: it must resolve outside what clients send \
+                 through the tunnel ({}), or clients loop their own packets into it",
+                list.join(", ")
+            );
+            Ok(())
+        }
+    }
+}
+
+/// `import-nova`: a network equivalent to a Nova cloudpipe payload.
+fn import_nova(
+    state: &StateDir,
+    name: &str,
+    cidr: String,
+    endpoint: Option<String>,
+    clients: Option<u32>,
+    mtu: u16,
+    file: &std::path::Path,
+) -> Result<()> {
+    let bytes = read_payload(file)?;
+    let nova = match payload::decode(&bytes) {
+        Ok(Payload::Nova(n)) => n,
+        Ok(Payload::Cloudpipe(_)) => bail!(
+            "{} is already a cloudpipe v1 payload, not a Nova one",
+            file.display()
+        ),
+        Err(e) => bail!("{}: {e}", file.display()),
+    };
+    let (clients, why) = match (clients, nova.clients) {
+        (Some(n), Some(m)) if m > 0 && n != m => {
+            (n, format!("--clients {n} (the payload had {m})"))
+        }
+        (Some(n), _) => (n, format!("--clients {n}")),
+        (None, Some(m)) if m > 0 => (m, format!("the payload's {m}")),
+        (None, had) => {
+            let what = match had {
+                Some(_) => {
+                    "reserves no VPN client addresses (cnt_vpn_clients = 0, \
+                            the default of later Nova releases)"
+                }
+                None => "does not say how many VPN clients it had",
+            };
+            eprintln!(
+                "the Nova payload {what}: the pool gets {IMPORT_CLIENTS} addresses \
+                 (choose with --clients N)"
+            );
+            (
+                IMPORT_CLIENTS,
+                format!("{IMPORT_CLIENTS} (--clients default)"),
+            )
+        }
+    };
+    let opts = NetworkOptions {
+        cidr,
+        gateway: None,
+        address: None,
+        clients,
+        routes: nova.routes.iter().map(|r| r.to_string()).collect(),
+        dns: vec![],
+        endpoint,
+        mode: Mode::ProxyArp,
+        // Nova's bootscript always enabled it.
+        client_to_client: true,
+        mtu,
+        port: cloudpipe_core::config::DEFAULT_LISTEN_PORT,
+        status_port: None,
+    };
+    create(state, name, &opts, Origin::ImportNova)?;
+    eprintln!(
+        "imported from Nova's payload: {why} clients, routes {:?}, client-to-client on",
+        opts.routes
+    );
+    Ok(())
+}
+
+/// The pool size `import-nova` gives a payload with no VPN clients (Nova's old
+/// `cnt_vpn_clients` default, and `network create`'s).
+const IMPORT_CLIENTS: u32 = 5;
 
 /// `HOST[:PORT]` with the port made explicit.
 pub fn normalize_endpoint(endpoint: &str, default_port: u16) -> Result<String> {
@@ -183,9 +280,20 @@ fn parse_port(p: &str) -> Result<u16> {
     }
 }
 
-fn create(state: &StateDir, name: &str, o: &NetworkOptions) -> Result<()> {
+fn create(state: &StateDir, name: &str, o: &NetworkOptions, origin: Origin) -> Result<()> {
     check_name(name).map_err(|r| anyhow::anyhow!("network name {name:?}: {r}"))?;
     let subnet = parse_cidr(&o.cidr).map_err(|e| anyhow::anyhow!("--cidr: {e}"))?;
+    let mtu = tunnel_mtu(o.mtu)
+        .filter(|_| o.mtu <= MAX_MTU)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--mtu: {} is outside {}..={MAX_MTU}: it is the tenant network's MTU \
+             (`openstack network show -c mtu NETWORK`), which must leave {WIREGUARD_OVERHEAD} \
+             bytes for WireGuard and at least {MIN_MTU} for the tunnel",
+                o.mtu,
+                MIN_MTU + WIREGUARD_OVERHEAD
+            )
+        })?;
     let host = |n: u32| Ipv4Addr::from(u32::from(subnet.network()).saturating_add(n));
     let gateway = o.gateway.unwrap_or(host(1));
     let address = o.address.unwrap_or(host(2));
@@ -213,7 +321,8 @@ fn create(state: &StateDir, name: &str, o: &NetworkOptions) -> Result<()> {
         dns: o.dns.clone(),
         mode: o.mode,
         client_to_client: o.client_to_client,
-        mtu: o.mtu,
+        mtu,
+        tenant_mtu: Some(o.mtu),
         listen_port: o.port,
         endpoint,
         status_port: o.status_port,
@@ -221,11 +330,32 @@ fn create(state: &StateDir, name: &str, o: &NetworkOptions) -> Result<()> {
 
     let key = PrivateKey::generate(&mut rand_core::OsRng);
     // The whole configuration the payload will carry is checked before anything is
-    // written.
-    build_config(&file, &key, &[]).map_err(|e| match e.downcast_ref::<ConfigError>() {
-        Some(c) => anyhow::anyhow!("{}: {}", flag_of(&c.field), c.reason),
-        None => e,
-    })?;
+    // written, and so is what Neutron will be asked for.
+    let config =
+        build_config(&file, &key, &[]).map_err(|e| match e.downcast_ref::<ConfigError>() {
+            Some(c) => anyhow::anyhow!("{}: {}", flag_of(&c.field, &origin), c.reason),
+            None => e,
+        })?;
+    if let Err(e) = allowed_address_pairs(&config) {
+        // Nova's rule puts a smaller pool higher above the gateway: say what fits.
+        let fits = (1..o.clients).rev().find(|n| {
+            Pool::nova_default(subnet, *n, &config.reserved())
+                .ok()
+                .and_then(|p| {
+                    cover(p.first(), p.last(), subnet, &[gateway])
+                        .ok()
+                        .filter(|c| c.len() <= MAX_ALLOWED_ADDRESS_PAIRS)
+                })
+                .is_some()
+        });
+        let hint = fits.map_or(String::new(), |n| {
+            format!(" (--clients {n} fits, or --mode masquerade needs no pairs)")
+        });
+        bail!("{} {}: {e}{hint}", flag_of("pool", &origin), o.clients);
+    }
+    if let Some(e) = &file.endpoint {
+        check_endpoint(e, &config, &origin)?;
+    }
 
     let _global = state.lock()?;
     let dir = state.network_dir(name);
@@ -269,7 +399,10 @@ fn show(net: &Network) -> Result<()> {
         "client-to-client: {}",
         if f.client_to_client { "on" } else { "off" }
     );
-    println!("mtu:              {}", f.mtu);
+    match f.tenant_mtu {
+        Some(t) => println!("mtu:              {} (tenant network {t})", f.mtu),
+        None => println!("mtu:              {}", f.mtu),
+    }
     println!(
         "pool:             {}-{} ({} addresses)",
         config.pool.first(),
@@ -323,11 +456,19 @@ mod tests {
 
     #[test]
     fn config_fields_are_named_as_options() {
-        assert_eq!(flag_of("listen_port"), "--port");
-        assert_eq!(flag_of("routes[1]"), "--route[1]");
-        assert_eq!(flag_of("mtu"), "--mtu");
-        assert_eq!(flag_of("network"), "network name");
-        assert_eq!(flag_of("peers[0].address"), "peers[0].address");
+        let c = &Origin::Create;
+        assert_eq!(flag_of("listen_port", c), "--port");
+        assert_eq!(flag_of("routes[1]", c), "--route[1]");
+        assert_eq!(flag_of("mtu", c), "--mtu");
+        assert_eq!(flag_of("network", c), "network name");
+        assert_eq!(flag_of("peers[0].address", c), "peers[0].address");
+        // import-nova has no --route: its routes come from the payload.
+        let i = &Origin::ImportNova;
+        assert_eq!(
+            flag_of("routes[0]", i),
+            "the Nova payload's pushed route[0] (dmz_net/dmz_mask)"
+        );
+        assert_eq!(flag_of("pool", i), "--clients");
     }
 
     #[test]
