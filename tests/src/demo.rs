@@ -1,7 +1,7 @@
 //! `cloudpipe-lab demo`: the whole mission in the lab, narrated. The README's first
 //! command (`scripts/demo`) runs it.
 
-use crate::mission::{ping_all, Mission, ENDPOINT, NETWORK};
+use crate::mission::{ping_all, Mission, NETWORK};
 use std::process::Command;
 
 fn step(text: &str) {
@@ -29,14 +29,26 @@ fn show_ping(ns: &str, who: &str, dst: &str) -> anyhow::Result<()> {
 }
 
 pub fn run() -> anyhow::Result<()> {
-    step("a miniature Neutron in network namespaces: router (gateway .1, metadata 169.254.169.254, floating IP 203.0.113.10), tenant VM 10.77.0.10, the cloudpipe VM, an outside user");
+    step("a tenant network of a real Neutron (Keystone + Neutron on loopback), wired in network namespaces: router (gateway .1, metadata 169.254.169.254, a floating IP), a tenant VM, the cloudpipe VM, an outside user");
     let Some(mut m) = Mission::new(&["--route", "192.168.50.0/24"]) else {
         anyhow::bail!("the demo needs root");
     };
-    println!("lab {} in {}", m.lab.id(), m.lab.dir().display());
+    let vm = m.lab.tenant_vm_ip().to_string();
+    println!(
+        "lab {} in {}; Neutron project {}, network {NETWORK} (MTU {}), floating IP {}, tenant VM {vm}",
+        m.lab.id(),
+        m.lab.dir().display(),
+        m.lab.id(),
+        m.lab.mtu(),
+        m.lab.floating_ip()
+    );
 
     step("the operator creates the network's cloudpipe and two clients");
-    println!("(network create {NETWORK} --cidr 10.77.0.0/24 --clients 5 --endpoint {ENDPOINT} --route 192.168.50.0/24 ran above)");
+    println!(
+        "(network create {NETWORK} --cidr 10.77.0.0/24 --clients 5 --endpoint {} --mtu {} --route 192.168.50.0/24 ran above)",
+        m.endpoint(),
+        m.lab.mtu()
+    );
     let alice = m.add_client("alice");
     println!("$ cloudpipe client add {NETWORK} alice     # a standard wg-quick config:");
     for line in alice.lines() {
@@ -51,7 +63,7 @@ pub fn run() -> anyhow::Result<()> {
     println!("$ cloudpipe client add {NETWORK} bob       # (config not shown)");
     cli(&m, &["client", "list", NETWORK]);
 
-    step("what the operator runs under Neutron (not run here: the lab plays Neutron)");
+    step("what the operator runs under Neutron, as a project member (the lab applied the same recipe, `--json`, through Neutron's API; the lab's port filter enforces what Neutron holds)");
     cli(&m, &["openstack", NETWORK]);
 
     step("the payload goes to the metadata server; cloudpiped boots in the cloudpipe VM");
@@ -70,7 +82,7 @@ pub fn run() -> anyhow::Result<()> {
     let _bob_wg = m.connect(&home, "bob", &bob);
 
     step("the external users are neighbours on the tenant network");
-    show_ping(&outside, "alice", "10.77.0.10")?;
+    show_ping(&outside, "alice", &vm)?;
     show_ping(&m.lab.tenant_vm(), "the tenant VM", "10.77.0.250")?;
     show_ping(&m.lab.tenant_vm(), "the tenant VM", "10.77.0.251")?;
 
@@ -91,10 +103,10 @@ pub fn run() -> anyhow::Result<()> {
     cli(&m, &["client", "revoke", NETWORK, "alice"]);
     m.publish();
     crate::wait_for(std::time::Duration::from_secs(15), "alice cut off", || {
-        Ok(!ping_all(&m.lab, &outside, "10.77.0.10", 1))
+        Ok(!ping_all(&m.lab, &outside, &vm, 1))
     })?;
     println!("alice can no longer reach the tenant VM; bob still can:");
-    show_ping(&home, "bob", "10.77.0.10")?;
+    show_ping(&home, "bob", &vm)?;
 
     step("tearing the lab down");
     Ok(())

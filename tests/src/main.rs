@@ -1,8 +1,9 @@
 //! `cloudpipe-lab`: the lab for people and scripts, and the lab's metadata server.
 //!
 //! ```text
-//! cloudpipe-lab up [--keep] [--dhcp] [--metadata] [--payload]
+//! cloudpipe-lab up [--keep] [--dhcp] [--metadata] [--payload] [--mtu N]
 //!                                                   build a lab, print its namespaces
+//!                                                   and addresses
 //! cloudpipe-lab down [ID]                           delete kept labs (all dead ones, or ID)
 //! cloudpipe-lab exec ROLE CMD...                    run CMD in the last kept lab's ROLE
 //! cloudpipe-lab payload [--masquerade] [--zip|--json] print the lab network's payload
@@ -26,7 +27,7 @@ fn main() -> ExitCode {
         Some("payload") => payload(&args[1..]),
         Some("demo") => cloudpipe_lab::demo::run().map(|()| ExitCode::SUCCESS),
         _ => {
-            eprintln!("usage: cloudpipe-lab up [--keep] [--dhcp] [--metadata] [--payload] | down [ID] | exec ROLE CMD... | payload [--masquerade] [--zip|--json] | metadata-server --dir D --listen ADDR:PORT | demo");
+            eprintln!("usage: cloudpipe-lab up [--keep] [--dhcp] [--metadata] [--payload] [--mtu N] | down [ID] | exec ROLE CMD... | payload [--masquerade] [--zip|--json] | metadata-server --dir D --listen ADDR:PORT | demo");
             return ExitCode::from(2);
         }
     };
@@ -54,18 +55,30 @@ fn metadata(args: &[String]) -> anyhow::Result<ExitCode> {
 
 fn up(args: &[String]) -> anyhow::Result<ExitCode> {
     let keep = args.iter().any(|a| a == "--keep");
+    let mtu = match flag_value(args, "--mtu") {
+        Some(m) => m
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--mtu {m:?}: not a number"))?,
+        None => cloudpipe_lab::DEFAULT_MTU,
+    };
     let lab = Lab::new(LabOptions {
         dhcp: args.iter().any(|a| a == "--dhcp"),
         metadata: args.iter().any(|a| a == "--metadata"),
+        mtu,
+        ..LabOptions::default()
     })?;
     if args.iter().any(|a| a == "--payload") {
         let config = cloudpipe_lab::payloads::config(cloudpipe_core::config::Mode::ProxyArp);
         lab.set_user_data(&cloudpipe_lab::payloads::guest(&config))?;
     }
     for role in Role::ALL {
-        println!("{:<10} {}", role.suffix(), lab.ns(role));
+        println!("{:<12} {}", role.suffix(), lab.ns(role));
     }
-    println!("metadata  {}", lab.metadata_dir().display());
+    println!("{:<12} {}", "metadata", lab.metadata_dir().display());
+    println!("{:<12} {}", "project", lab.id());
+    println!("{:<12} {}", "mtu", lab.mtu());
+    println!("{:<12} {}", "floating-ip", lab.floating_ip());
+    println!("{:<12} {}", "tenant-vm-ip", lab.tenant_vm_ip());
     if keep {
         std::fs::create_dir_all(STATE)?;
         std::fs::write(format!("{STATE}/current"), lab.id())?;
@@ -128,51 +141,47 @@ fn creator(id: &str) -> Option<i32> {
 }
 
 fn down(only: Option<&str>) -> anyhow::Result<ExitCode> {
+    let selected = |id: &str| match (only, creator(id)) {
+        (Some(o), _) => o == id,
+        // SAFETY: kill with signal 0 only checks for existence.
+        (None, Some(pid)) => (unsafe { libc::kill(pid, 0) }) != 0,
+        (None, None) => false,
+    };
     let list = String::from_utf8(Command::new("ip").args(["netns", "list"]).output()?.stdout)?;
     let mut removed = 0;
     for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {
-        let Some((id, role)) = ns.rsplit_once('-').map(|(a, b)| {
-            // "tenant-vm" holds a dash itself.
-            if b == "vm" {
-                (a.trim_end_matches("-tenant"), "tenant-vm")
-            } else {
-                (a, b)
-            }
-        }) else {
+        // Every lab namespace is `<id>-<something>`, the id being `cp<pid>x<n>`.
+        let Some((id, _)) = ns.split_once('-') else {
             continue;
         };
-        if Role::parse(role).is_none() {
+        if creator(id).is_none() || !selected(id) {
             continue;
         }
-        let Some(pid) = creator(id) else { continue };
-        let selected = match only {
-            Some(o) => o == id,
-            // SAFETY: kill with signal 0 only checks for existence.
-            None => (unsafe { libc::kill(pid, 0) }) != 0,
-        };
-        if !selected {
-            continue;
-        }
-        let pids = String::from_utf8(
-            Command::new("ip")
-                .args(["netns", "pids", ns])
-                .output()?
-                .stdout,
-        )?;
-        for p in pids
-            .split_whitespace()
-            .filter_map(|p| p.parse::<i32>().ok())
-        {
-            // SAFETY: plain syscall on a process inside a lab namespace.
-            unsafe { libc::kill(p, libc::SIGKILL) };
-        }
-        Command::new("ip").args(["netns", "del", ns]).status()?;
+        cloudpipe_lab::delete_namespace(ns);
         let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("cloudpipe-lab-{id}")));
         println!("deleted {ns}");
         removed += 1;
     }
     if removed == 0 {
         println!("no lab namespaces to delete");
+    }
+    // Their projects in the lab's Keystone and Neutron.
+    match cloudpipe_lab::openstack::state()
+        .and_then(|s| cloudpipe_lab::openstack::Session::admin(&s))
+    {
+        Ok(admin) => {
+            let projects = admin.get("keystone:/projects")?;
+            for p in projects["projects"].as_array().into_iter().flatten() {
+                let (Some(name), Some(pid)) = (p["name"].as_str(), p["id"].as_str()) else {
+                    continue;
+                };
+                if creator(name).is_some() && selected(name) {
+                    admin.purge_project(pid, name)?;
+                    println!("deleted project {name}");
+                }
+            }
+        }
+        Err(e) => eprintln!("cloudpipe-lab: Neutron projects left as they are: {e:#}"),
     }
     let _ = std::fs::remove_file(format!("{STATE}/current"));
     Ok(ExitCode::SUCCESS)

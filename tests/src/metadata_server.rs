@@ -3,9 +3,12 @@
 //! tests rewrite at will, and misbehaving on request.
 //!
 //! Paths: `/openstack/latest/user_data` and `/latest/user-data` serve `DIR/user_data`,
-//! `/openstack/latest/meta_data.json` serves `DIR/meta_data.json`; a missing file or
-//! any other path is a 404, as on a real cloud. `DIR/mode` (read per request) picks a
-//! misbehaviour for user-data requests, see [`Mode`].
+//! `/openstack/latest/meta_data.json` serves `DIR/meta_data.json`,
+//! `/openstack/latest/network_data.json` serves `DIR/network_data.json`; a missing
+//! file or any other path is a 404, as on a real cloud. A request from an address
+//! with a folder of its own (`DIR/10.78.0.2/`) is served from that folder: each
+//! appliance of a lab with several networks gets its own instance's data. `DIR/mode`
+//! (read per request) picks a misbehaviour for user-data requests, see [`Mode`].
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -64,6 +67,8 @@ pub fn serve(dir: PathBuf, listen: &str) -> anyhow::Result<()> {
 
 fn handle(mut conn: TcpStream, dir: &Path) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let own = dir.join(conn.peer_addr()?.ip().to_string());
+    let dir = if own.is_dir() { own.as_path() } else { dir };
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -101,6 +106,7 @@ fn handle(mut conn: TcpStream, dir: &Path) -> std::io::Result<()> {
             }
         },
         "/openstack/latest/meta_data.json" => Some("meta_data.json"),
+        "/openstack/latest/network_data.json" => Some("network_data.json"),
         _ => None,
     };
     match file.and_then(|f| std::fs::read(dir.join(f)).ok()) {

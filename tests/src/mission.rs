@@ -9,10 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-/// The floating IP and port clients are given as their endpoint.
-pub const ENDPOINT: &str = "203.0.113.10:1194";
-/// The network's name in the CLI's state.
-pub const NETWORK: &str = "lab";
+/// The network's name in the CLI's state, and in Neutron.
+pub const NETWORK: &str = crate::NETWORK;
 
 pub const READY_WITHIN: Duration = Duration::from_secs(20);
 /// Long enough for a handshake on a loaded 2-core machine.
@@ -34,15 +32,31 @@ pub struct Mission {
 impl Mission {
     /// `None` when the lab is skipped (not root and CLOUDPIPE_SKIP_LAB=1).
     pub fn new(create_args: &[&str]) -> Option<Mission> {
+        Mission::with_options(
+            LabOptions {
+                dhcp: true,
+                metadata: true,
+                ..LabOptions::default()
+            },
+            create_args,
+        )
+    }
+
+    /// The network made with `cloudpipe network create lab` (endpoint: the floating
+    /// IP the lab's project holds; `--mtu`: the lab network's, unless `create_args`
+    /// give one), launched in Neutron from `cloudpipe openstack lab --json`.
+    pub fn with_options(opts: LabOptions, create_args: &[&str]) -> Option<Mission> {
         if crate::skip_unless_root() {
             return None;
         }
         let lab = Lab::new(LabOptions {
-            dhcp: true,
-            metadata: true,
+            launch: None,
+            ..opts
         })
         .expect("building the lab");
         let state = lab.dir().join("state");
+        let endpoint = format!("{}:{}", lab.floating_ip(), crate::WG_PORT);
+        let mtu = lab.mtu().to_string();
         let mut args = vec![
             "network",
             "create",
@@ -52,15 +66,33 @@ impl Mission {
             "--clients",
             "5",
             "--endpoint",
-            ENDPOINT,
+            &endpoint,
         ];
+        if !create_args.contains(&"--mtu") {
+            args.extend(["--mtu", &mtu]);
+        }
         args.extend_from_slice(create_args);
         cloudpipe(&state, &args);
-        Some(Mission {
+        let m = Mission {
             lab,
             state,
             daemon: None,
-        })
+        };
+        let json = m.cli(&["openstack", NETWORK, "--json"]);
+        let recipe = serde_json::from_str(&json)
+            .unwrap_or_else(|e| panic!("cloudpipe openstack --json: {e}: {json}"));
+        m.lab.launch(&recipe).unwrap_or_else(|e| {
+            panic!(
+                "launching the recipe in Neutron: {e:#}
+{json}"
+            )
+        });
+        Some(m)
+    }
+
+    /// The endpoint clients are given: the floating IP and port.
+    pub fn endpoint(&self) -> String {
+        format!("{}:{}", self.lab.floating_ip(), crate::WG_PORT)
     }
 
     /// A booted network with one client, alice, connected from `outside`; also
@@ -136,7 +168,14 @@ impl Mission {
         wait_for(
             CONNECT_WITHIN,
             &format!("{name} reaches the tenant VM"),
-            || Ok(ping(&self.lab, ns, "10.77.0.10", None)),
+            || {
+                Ok(ping(
+                    &self.lab,
+                    ns,
+                    &self.lab.tenant_vm_ip().to_string(),
+                    None,
+                ))
+            },
         )
         .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", c.show(), self.log()));
         c
@@ -174,9 +213,10 @@ pub fn ping_all(lab: &Lab, ns: &str, dst: &str, count: u32) -> bool {
 #[allow(clippy::zombie_processes)] // the lab tracks the PID, kills and reaps it
 pub fn iperf_server(lab: &Lab, port: u16) {
     let p = port.to_string();
+    let ip = lab.tenant_vm_ip().to_string();
     lab.spawn_with(
         &lab.tenant_vm(),
-        &["iperf3", "-s", "-1", "-B", "10.77.0.10", "-p", &p],
+        &["iperf3", "-s", "-1", "-B", &ip, "-p", &p],
         |c| {
             c.stdout(std::process::Stdio::null());
         },

@@ -123,7 +123,8 @@ fn assert_cleaned(lab: &Lab) {
 fn boots_from_metadata_and_follows_instance_properties() {
     let lab = lab_or_skip!(LabOptions {
         dhcp: true,
-        metadata: true
+        metadata: true,
+        ..LabOptions::default()
     });
     let config = payloads::config(Mode::ProxyArp);
     lab.set_user_data(&payloads::guest(&config)).unwrap();
@@ -240,7 +241,8 @@ fn boots_from_metadata_and_follows_instance_properties() {
 fn waits_for_a_metadata_server_that_comes_up_late() {
     let lab = lab_or_skip!(LabOptions {
         dhcp: true,
-        metadata: false
+        metadata: false,
+        ..LabOptions::default()
     });
     lab.set_user_data(&payloads::guest(&payloads::config(Mode::ProxyArp)))
         .unwrap();
@@ -291,7 +293,8 @@ fn guest_of(zip: &[u8]) -> Vec<u8> {
 fn bad_payloads_are_refused_in_bounded_time_and_memory_leaving_the_vm_untouched() {
     let lab = lab_or_skip!(LabOptions {
         dhcp: true,
-        metadata: true
+        metadata: true,
+        ..LabOptions::default()
     });
     let before = net_state(&lab);
     let good = payloads::guest(&payloads::config(Mode::ProxyArp));
@@ -424,7 +427,8 @@ fn bad_payloads_are_refused_in_bounded_time_and_memory_leaving_the_vm_untouched(
 fn restarts_find_their_leftovers_and_sigterm_cleans_up() {
     let lab = lab_or_skip!(LabOptions {
         dhcp: true,
-        metadata: true
+        metadata: true,
+        ..LabOptions::default()
     });
     lab.set_user_data(&payloads::guest(&payloads::config(Mode::ProxyArp)))
         .unwrap();
@@ -451,7 +455,9 @@ fn payload_file_needs_no_address_and_masquerade_is_cleaned_up() {
     // No DHCP: the daemon assigns .2/24 and the default route itself.
     let lab = lab_or_skip!(LabOptions {
         dhcp: false,
-        metadata: false
+        metadata: false,
+        launch: Some(Mode::Masquerade),
+        ..LabOptions::default()
     });
     let path = lab.dir().join("payload.zip");
     std::fs::write(&path, payloads::zip(&payloads::config(Mode::Masquerade))).unwrap();
@@ -506,7 +512,8 @@ impl Drop for Loop {
 fn config_drive_boots_without_a_metadata_server() {
     let lab = lab_or_skip!(LabOptions {
         dhcp: false,
-        metadata: false
+        metadata: false,
+        ..LabOptions::default()
     });
     let tree = lab.dir().join("config-drive");
     let latest = tree.join("openstack/latest");
@@ -563,7 +570,9 @@ fn config_drive_boots_without_a_metadata_server() {
 fn runs_within_the_units_capability_bounding_set() {
     let lab = lab_or_skip!(LabOptions {
         dhcp: true,
-        metadata: true
+        metadata: true,
+        launch: Some(Mode::Masquerade),
+        ..LabOptions::default()
     });
     let unit = include_str!("../../configs/cloudpiped.service");
     let line = unit

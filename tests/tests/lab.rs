@@ -14,6 +14,7 @@ fn topology_reachability_and_teardown_even_on_panic() {
     let lab = Lab::new(LabOptions {
         dhcp: true,
         metadata: true,
+        ..LabOptions::default()
     })
     .unwrap();
     let names: Vec<String> = Role::ALL.iter().map(|r| lab.ns(*r)).collect();
@@ -30,7 +31,7 @@ fn topology_reachability_and_teardown_even_on_panic() {
     .unwrap();
     lab.exec(
         &lab.outside(),
-        &["ping", "-c", "1", "-W", "2", "203.0.113.10"],
+        &["ping", "-c", "1", "-W", "2", &lab.floating_ip().to_string()],
     )
     .unwrap();
     lab.set_meta([("owner", "ops")]).unwrap();
@@ -71,6 +72,7 @@ fn floating_ip_forwards_udp_1194_to_the_appliance() {
     let lab = Lab::new(LabOptions {
         dhcp: true,
         metadata: false,
+        ..LabOptions::default()
     })
     .unwrap();
     let server = lab
@@ -82,7 +84,8 @@ fn floating_ip_forwards_udp_1194_to_the_appliance() {
     for s in [&server, &client] {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     }
-    client.send_to(b"hello", "203.0.113.10:1194").unwrap();
+    let fip = std::net::SocketAddr::from((lab.floating_ip(), 1194));
+    client.send_to(b"hello", fip).unwrap();
     let mut buf = [0u8; 64];
     let (n, from) = server.recv_from(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"hello");
@@ -91,5 +94,5 @@ fn floating_ip_forwards_udp_1194_to_the_appliance() {
     server.send_to(b"back", from).unwrap();
     let (n, from) = client.recv_from(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"back");
-    assert_eq!(from.to_string(), "203.0.113.10:1194");
+    assert_eq!(from, fip);
 }

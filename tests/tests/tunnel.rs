@@ -23,13 +23,16 @@ fn stock_client_reaches_tenant_vm_both_ways_and_moves_200_mb() {
     let Some((m, alice, conf)) = Mission::with_alice(&[]) else {
         return;
     };
-    assert!(conf.contains("Endpoint = 203.0.113.10:1194"), "{conf}");
+    assert!(
+        conf.contains(&format!("Endpoint = {}\n", m.endpoint())),
+        "{conf}"
+    );
     let outside = m.lab.outside();
     let addr = "10.77.0.250";
     assert!(conf.contains(&format!("Address = {addr}/32")), "{conf}");
 
     // Both ways: the tenant VM reaches the client at its pool address, unchanged.
-    assert!(ping_all(&m.lab, &outside, "10.77.0.10", 5));
+    assert!(ping_all(&m.lab, &outside, &vm(&m), 5));
     assert!(ping_all(&m.lab, &m.lab.tenant_vm(), addr, 5), "{}", m.log());
     // The tenant VM learned the client as a neighbour on its own subnet.
     let neigh = m
@@ -58,16 +61,7 @@ fn stock_client_reaches_tenant_vm_both_ways_and_moves_200_mb() {
         .lab
         .output(
             &outside,
-            &[
-                "iperf3",
-                "-c",
-                "10.77.0.10",
-                "-p",
-                "5201",
-                "-n",
-                "200M",
-                "-J",
-            ],
+            &["iperf3", "-c", &vm(&m), "-p", "5201", "-n", "200M", "-J"],
         )
         .unwrap();
     let report = iperf_report(out);
@@ -91,7 +85,7 @@ fn two_clients_and_client_to_client_policy() {
             return;
         };
         let outside = m.lab.outside();
-        assert!(ping_all(&m.lab, &other, "10.77.0.10", 3));
+        assert!(ping_all(&m.lab, &other, &vm(&m), 3));
         assert!(ping_all(&m.lab, &m.lab.tenant_vm(), "10.77.0.251", 3));
         let reached = ping_all(&m.lab, &outside, "10.77.0.251", 3);
         assert_eq!(
@@ -121,15 +115,15 @@ fn spoofed_source_reaches_nothing() {
             .unwrap()
     };
     add("10.77.0.99");
-    assert!(!ping(&m.lab, &outside, "10.77.0.10", Some("10.77.0.99")));
+    assert!(!ping(&m.lab, &outside, &vm(&m), Some("10.77.0.99")));
     assert!(
         !ping(&m.lab, &outside, "10.77.0.251", Some("10.77.0.99")),
         "reached bob"
     );
     add("10.77.0.251");
-    assert!(!ping(&m.lab, &outside, "10.77.0.10", Some("10.77.0.251")));
+    assert!(!ping(&m.lab, &outside, &vm(&m), Some("10.77.0.251")));
     assert!(
-        ping(&m.lab, &outside, "10.77.0.10", Some("10.77.0.250")),
+        ping(&m.lab, &outside, &vm(&m), Some("10.77.0.250")),
         "own address still works"
     );
     assert_eq!(count_from(&m.lab, "10.77.0.99"), 0);
@@ -159,7 +153,7 @@ fn revocation_through_metadata_leaves_other_sessions_alone() {
             &[
                 "iperf3",
                 "-c",
-                "10.77.0.10",
+                &vm(&m),
                 "-p",
                 "5202",
                 "-t",
@@ -178,7 +172,7 @@ fn revocation_through_metadata_leaves_other_sessions_alone() {
     let revoked_at = Instant::now();
     m.publish();
     wait_for(REVOKED_WITHIN, "alice cut off", || {
-        Ok(!ping(&m.lab, &outside, "10.77.0.10", None))
+        Ok(!ping(&m.lab, &outside, &vm(&m), None))
     })
     .unwrap_or_else(|e| panic!("{e:#}\n{}", m.log()));
     eprintln!("alice cut off {:?} after publishing", revoked_at.elapsed());
@@ -195,14 +189,8 @@ fn revocation_through_metadata_leaves_other_sessions_alone() {
         let bps = iv["sum"]["bits_per_second"].as_f64().unwrap();
         assert!(bps > 0.0, "bob's transfer stalled in second {i}");
     }
-    assert!(
-        ping_all(&m.lab, &other, "10.77.0.10", 3),
-        "bob still connected"
-    );
-    assert!(
-        !ping(&m.lab, &outside, "10.77.0.10", None),
-        "alice stays out"
-    );
+    assert!(ping_all(&m.lab, &other, &vm(&m), 3), "bob still connected");
+    assert!(!ping(&m.lab, &outside, &vm(&m), None), "alice stays out");
 }
 
 #[test]
@@ -218,11 +206,11 @@ fn clients_reconnect_by_themselves_after_a_restart() {
         .stop(Duration::from_secs(20))
         .unwrap();
     assert!(exit.status.success(), "{:?}", exit.status);
-    assert!(!ping(&m.lab, &outside, "10.77.0.10", None));
+    assert!(!ping(&m.lab, &outside, &vm(&m), None));
     m.start_daemon();
     let t = Instant::now();
     wait_for(RECONNECT_WITHIN, "alice back after the restart", || {
-        Ok(ping(&m.lab, &outside, "10.77.0.10", None))
+        Ok(ping(&m.lab, &outside, &vm(&m), None))
     })
     .unwrap_or_else(|e| panic!("{e:#}\n{}", m.log()));
     eprintln!("reconnected {:?} after the restart", t.elapsed());
@@ -239,7 +227,7 @@ fn roaming_client_keeps_its_transfer() {
         .lab
         .spawn_with(
             &outside,
-            &["iperf3", "-c", "10.77.0.10", "-p", "5203", "-t", "6", "-J"],
+            &["iperf3", "-c", &vm(&m), "-p", "5203", "-t", "6", "-J"],
             |c| {
                 c.stdout(std::process::Stdio::piped());
             },
@@ -267,9 +255,14 @@ fn masquerade_mode_reaches_the_tenant_as_the_appliance() {
     };
     spy_on(&m.lab, &["10.77.0.2", "10.77.0.250"]);
     let outside = m.lab.outside();
-    assert!(ping_all(&m.lab, &outside, "10.77.0.10", 3));
+    assert!(ping_all(&m.lab, &outside, &vm(&m), 3));
     assert!(count_from(&m.lab, "10.77.0.2") >= 3);
     assert_eq!(count_from(&m.lab, "10.77.0.250"), 0);
+}
+
+/// The tenant VM's address: Neutron's pick from the allocation pool.
+fn vm(m: &Mission) -> String {
+    m.lab.tenant_vm_ip().to_string()
 }
 
 fn libc_sigusr1() -> i32 {
