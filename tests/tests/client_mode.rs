@@ -18,7 +18,12 @@ fn cloudpipe_up_reaches_the_tenant_vm_through_the_appliance_and_down_removes_it(
     let iface = format!("{}u", m.lab.id());
     let up = UpClient::start(&m.lab, &outside, &iface, &conf, &[]).unwrap();
     wait_for(CONNECT_WITHIN, "alice reaches the tenant VM", || {
-        Ok(ping(&m.lab, &outside, "10.77.0.10", None))
+        Ok(ping(
+            &m.lab,
+            &outside,
+            &m.lab.tenant_vm_ip().to_string(),
+            None,
+        ))
     })
     .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", up.log(), m.log()));
     assert!(
@@ -37,7 +42,8 @@ fn cloudpipe_up_reaches_the_tenant_vm_through_the_appliance_and_down_removes_it(
     // A TCP transfer both ways through the client's forwarding core.
     for reverse in [false, true] {
         iperf_server(&m.lab, 5201);
-        let mut args = vec!["iperf3", "-c", "10.77.0.10", "-n", "50M", "-J"];
+        let vm = m.lab.tenant_vm_ip().to_string();
+        let mut args = vec!["iperf3", "-c", &vm, "-n", "50M", "-J"];
         if reverse {
             args.push("-R");
         }
@@ -118,8 +124,9 @@ fn cloudpipe_up_works_against_a_wireguard_go_server() {
 
     let conf = format!(
         "[Interface]\nPrivateKey = {client_key}\nAddress = 10.99.0.2/32\n\n[Peer]\nPublicKey = {}\n\
-         Endpoint = 203.0.113.10:1194\nAllowedIPs = 10.99.0.0/24\nPersistentKeepalive = 25\n",
-        pubkey(&server_key)
+         Endpoint = {}\nAllowedIPs = 10.99.0.0/24\nPersistentKeepalive = 25\n",
+        pubkey(&server_key),
+        m.endpoint()
     );
     let iface = format!("{}w", m.lab.id());
     let up = UpClient::start(&m.lab, &outside, &iface, &conf, &["--workers", "1"]).unwrap();
