@@ -9,7 +9,9 @@ use crate::cli::OpenstackArgs;
 use crate::state::StateDir;
 use anyhow::Result;
 use cloudpipe_core::config::{Mode, WIREGUARD_OVERHEAD};
-use cloudpipe_core::neutron::{Recipe, RecipeOptions, SecurityGroupRule};
+use cloudpipe_core::neutron::{
+    Recipe, RecipeOptions, SecurityGroupRule, MAX_ALLOWED_ADDRESS_PAIRS,
+};
 use std::net::Ipv4Addr;
 
 pub fn run(state: &StateDir, args: OpenstackArgs) -> Result<()> {
@@ -83,7 +85,8 @@ fn print_commands(
         "# Launch the cloudpipe of network {name} ({}), appliance {address}, as a member of the project.",
         r.subnet.cidr
     );
-    println!("# 1. The payload: `--user-data FILE` reads FILE as text and base64-encodes it, so write the guest encoding.");
+    println!("# 1. The payload: `openstack server create --user-data FILE` sends FILE base64-encoded (older clients read it");
+    println!("#    as text first, which a zip breaks): write the guest encoding, text the appliance decodes.");
     println!(
         "cloudpipe payload {name} --encoding {} --output {}",
         r.server.user_data_encoding, r.server.user_data
@@ -133,10 +136,10 @@ fn print_commands(
     match config.mode {
         Mode::ProxyArp => {
             println!(
-                "#    Proxy ARP: clients appear with pool addresses, so port security must allow the pool ({} allowed",
+                "#    Proxy ARP: clients appear with pool addresses, so port security must allow the pool: {} of Neutron's",
                 r.port.allowed_address_pairs.len()
             );
-            println!("#    address pairs of Neutron's 10 per port; they may cover a little more than the pool, reserved in step 3).");
+            println!("#    {MAX_ALLOWED_ADDRESS_PAIRS} allowed address pairs per port (they may cover a little more than the pool; step 3 reserves it too).");
             for p in &r.port.allowed_address_pairs {
                 port_cmd.push_str(&format!(" --allowed-address ip-address={}", p.ip_address));
             }
