@@ -98,7 +98,22 @@ impl Mission {
     /// A booted network with one client, alice, connected from `outside`; also
     /// returns her config.
     pub fn with_alice(create_args: &[&str]) -> Option<(Mission, WgClient, String)> {
-        let mut m = Mission::new(create_args)?;
+        Mission::with_alice_options(
+            LabOptions {
+                dhcp: true,
+                metadata: true,
+                ..LabOptions::default()
+            },
+            create_args,
+        )
+    }
+
+    /// [`Mission::with_alice`] in a lab of these options.
+    pub fn with_alice_options(
+        opts: LabOptions,
+        create_args: &[&str],
+    ) -> Option<(Mission, WgClient, String)> {
+        let mut m = Mission::with_options(opts, create_args)?;
         let conf = m.add_client("alice");
         m.boot();
         let alice = m.connect(&m.lab.outside(), "alice", &conf);
@@ -267,4 +282,47 @@ pub fn spy_on(lab: &Lab, sources: &[&str]) {
         &format!("table ip spy {{\n\tchain input {{\n\t\ttype filter hook input priority 0; policy accept;\n{rules}\t}}\n}}\n"),
     )
     .unwrap();
+}
+
+/// IPv4 fragmentation seen in a namespace: fragments made (`FragCreates`), packets
+/// that could not be sent unfragmented (`FragFails`) and reassemblies asked for
+/// (`ReasmReqds`), summed, from its /proc/net/snmp.
+pub fn fragmentation(lab: &Lab, ns: &str) -> u64 {
+    let snmp = lab.exec(ns, &["cat", "/proc/net/snmp"]).unwrap_or_default();
+    let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:"));
+    let (Some(names), Some(values)) = (ip.next(), ip.next()) else {
+        panic!("no Ip: lines in {ns}'s /proc/net/snmp:\n{snmp}");
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .filter(|(n, _)| matches!(*n, "FragCreates" | "FragFails" | "ReasmReqds"))
+        .map(|(_, v)| v.parse::<u64>().unwrap_or(0))
+        .sum()
+}
+
+/// `count` pings of `size` bytes of payload with DF set (`ping -M do`): the number
+/// answered, and ping's output.
+pub fn ping_df(lab: &Lab, ns: &str, dst: &str, size: u16, count: u32) -> (u32, String) {
+    let (s, n) = (size.to_string(), count.to_string());
+    let o = lab
+        .output(
+            ns,
+            &[
+                "ping", "-n", "-M", "do", "-s", &s, "-c", &n, "-i", "0.2", "-W", "2", dst,
+            ],
+        )
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let received = text
+        .split(" received")
+        .next()
+        .and_then(|h| h.rsplit(", ").next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    (received, text)
 }

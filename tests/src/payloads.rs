@@ -30,13 +30,15 @@ pub fn peer(name: &str, b: u8, last: u8) -> PeerFile {
 }
 
 /// The lab network's configuration file: 10.77.0.0/24, pool .240-.254, peers alice
-/// (.240, key 2) and bob (.241, key 3).
+/// (.240, key 2) and bob (.241, key 3), tunnel MTU for the default tenant network
+/// (1450 - 80), as `network create` writes it.
 pub fn config_file(mode: Mode) -> ConfigFile {
     ConfigFile {
         pool: Some(PoolFile {
             first: POOL_FIRST.into(),
             last: POOL_LAST.into(),
         }),
+        mtu: cloudpipe_core::config::tunnel_mtu(crate::DEFAULT_MTU),
         mode,
         peers: vec![peer("alice", 2, 240), peer("bob", 3, 241)],
         ..ConfigFile::new("lab", crate::SUBNET, &server_key())

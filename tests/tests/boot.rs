@@ -86,8 +86,10 @@ fn assert_booted(lab: &Lab, mode: Mode) -> NetState {
             .any(|r| r.starts_with("10.77.0.240/29 dev cloudpipe0")),
         "{s:?}"
     );
+    // The tenant network's MTU less WireGuard's 80 bytes.
     let mtu = lab.ip(&lab.cloudpipe(), "link show cloudpipe0").unwrap();
-    assert!(mtu.contains("mtu 1420") && mtu.contains(",UP"), "{mtu}");
+    let want = format!("mtu {} ", lab.mtu() - 80);
+    assert!(mtu.contains(&want) && mtu.contains(",UP"), "{want}: {mtu}");
     assert!(udp_bound(lab));
     match mode {
         Mode::ProxyArp => {
@@ -508,19 +510,27 @@ impl Drop for Loop {
     }
 }
 
+/// Also: nothing configured the NIC, so it keeps 1500 and cannot tell the network's
+/// MTU (a Geneve network, 1442); the drive's network_data.json does, and the tunnel
+/// gets 1442 - 80 although the payload allows 1420.
 #[test]
 fn config_drive_boots_without_a_metadata_server() {
     let lab = lab_or_skip!(LabOptions {
         dhcp: false,
         metadata: false,
+        mtu: 1442,
         ..LabOptions::default()
     });
     let tree = lab.dir().join("config-drive");
     let latest = tree.join("openstack/latest");
     std::fs::create_dir_all(&latest).unwrap();
+    let mut config = payloads::config_file(Mode::ProxyArp);
+    config.mtu = None;
+    let config = cloudpipe_core::config::Config::try_from(config).unwrap();
+    std::fs::write(latest.join("user_data"), payloads::guest(&config)).unwrap();
     std::fs::write(
-        latest.join("user_data"),
-        payloads::guest(&payloads::config(Mode::ProxyArp)),
+        latest.join("network_data.json"),
+        lab.network_data().unwrap(),
     )
     .unwrap();
     std::fs::write(
@@ -558,6 +568,14 @@ fn config_drive_boots_without_a_metadata_server() {
         .unwrap();
     d.wait_ready(READY_WITHIN).unwrap();
     assert!(d.log().contains("config drive"), "{}", d.log());
+    let nic = lab.ip(&lab.cloudpipe(), "link show eth0").unwrap();
+    assert!(nic.contains("mtu 1500 "), "the NIC was left alone: {nic}");
+    assert!(
+        d.log()
+            .contains("tunnel_mtu=1362 link_mtu=1442 from=network_data.json"),
+        "{}",
+        d.log()
+    );
     assert_booted(&lab, Mode::ProxyArp);
     assert!(d.stop(EXIT_WITHIN).unwrap().status.success());
     assert_cleaned(&lab);
@@ -600,4 +618,100 @@ fn runs_within_the_units_capability_bounding_set() {
     assert!(exit.status.success(), "{}", d.log());
     assert!(!d.log().contains("WARN"), "{}", d.log());
     assert_cleaned(&lab);
+}
+
+/// The tunnel fits the tenant network: at MTU 1500 (flat or VLAN), 1450 (ML2/OVS
+/// VXLAN) and 1442 (OVN Geneve), a client made for that network (`network create
+/// --mtu`) sends and receives the largest packets its config allows, both ways,
+/// with DF set and none lost, and full-size TCP both ways, and nothing anywhere in the
+/// lab is fragmented. (With the old fixed 1420, a 1392-byte ping from the client lost
+/// its first packet to "need to frag (mtu 1450)" and TCP was split in two.)
+#[test]
+fn the_tunnel_mtu_follows_the_tenant_network_at_1500_1450_and_1442() {
+    use cloudpipe_lab::mission::{fragmentation, iperf_report, iperf_server, ping_df, Mission};
+    for mtu in [1500u16, 1450, 1442] {
+        let Some((m, alice, conf)) = Mission::with_alice_options(
+            LabOptions {
+                dhcp: true,
+                metadata: true,
+                mtu,
+                launch: None,
+            },
+            &[],
+        ) else {
+            return;
+        };
+        let lab = &m.lab;
+        assert_eq!(lab.mtu(), mtu, "Neutron's network MTU");
+        let tunnel = mtu - 80;
+        let client_mtu: u16 = conf
+            .lines()
+            .find_map(|l| l.strip_prefix("MTU = "))
+            .unwrap_or_else(|| panic!("{mtu}: no MTU in the client's config:\n{conf}"))
+            .parse()
+            .unwrap();
+        assert_eq!(client_mtu, tunnel, "{mtu}: {conf}");
+        let tun = lab.ip(&lab.cloudpipe(), "link show cloudpipe0").unwrap();
+        assert!(
+            tun.contains(&format!("mtu {tunnel} ")),
+            "{mtu}: {tun}\n{}",
+            m.log()
+        );
+        assert!(
+            m.log()
+                .contains(&format!("tunnel_mtu={tunnel} link_mtu={mtu}")),
+            "{}",
+            m.log()
+        );
+
+        let namespaces = [
+            lab.outside(),
+            lab.router(),
+            lab.switch(),
+            lab.cloudpipe(),
+            lab.tenant_vm(),
+        ];
+        let frags = || -> u64 { namespaces.iter().map(|ns| fragmentation(lab, ns)).sum() };
+        let before = frags();
+        let vm = lab.tenant_vm_ip().to_string();
+        // The largest ICMP echo the client's interface sends unfragmented, each way.
+        let largest = client_mtu - 28;
+        let (got, out) = ping_df(lab, &lab.outside(), &vm, largest, 5);
+        assert_eq!(
+            got,
+            5,
+            "{mtu}: client to tenant VM at {largest} bytes:\n{out}\n{}",
+            alice.show()
+        );
+        let (got, out) = ping_df(lab, &lab.tenant_vm(), "10.77.0.250", largest, 5);
+        assert_eq!(
+            got, 5,
+            "{mtu}: tenant VM to client at {largest} bytes:\n{out}"
+        );
+        // One byte more does not leave the client: its MTU is the limit.
+        let (got, out) = ping_df(lab, &lab.outside(), &vm, largest + 1, 1);
+        assert_eq!(got, 0, "{mtu}: {out}");
+        // Full-size TCP both ways.
+        for reverse in [false, true] {
+            iperf_server(lab, 5201);
+            let mut args = vec!["iperf3", "-c", &vm, "-p", "5201", "-n", "40M", "-J"];
+            if reverse {
+                args.push("-R");
+            }
+            let report = iperf_report(lab.output(&lab.outside(), &args).unwrap());
+            let sent = report["end"]["sum_sent"]["bytes"].as_u64().unwrap();
+            let received = report["end"]["sum_received"]["bytes"].as_u64().unwrap();
+            // The receiver's count stops at its last interval report: most of it.
+            assert!(
+                sent >= 40 << 20 && received >= 30 << 20,
+                "{mtu} reverse={reverse}: {sent} bytes sent, {received} received"
+            );
+        }
+        assert_eq!(
+            frags() - before,
+            0,
+            "{mtu}: packets were fragmented in the lab"
+        );
+        drop(alice);
+    }
 }

@@ -1,5 +1,6 @@
 //! The OpenStack config drive: a filesystem labelled `config-2` (ISO 9660 or vfat)
-//! holding `openstack/latest/user_data` and `openstack/latest/meta_data.json`.
+//! holding `openstack/latest/user_data`, `openstack/latest/meta_data.json` and
+//! `openstack/latest/network_data.json`.
 //!
 //! ISO 9660 drives (Nova's default, written by `genisoimage -J -r -V config-2`) are
 //! read in userspace through their Joliet tree: no mount, no CAP_SYS_ADMIN, and it
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 pub const LABEL: &str = "config-2";
 pub const USER_DATA: &str = "openstack/latest/user_data";
 pub const META_DATA: &str = "openstack/latest/meta_data.json";
+pub const NETWORK_DATA: &str = "openstack/latest/network_data.json";
 /// Files on a config drive larger than this are not ours to read.
 pub const MAX_FILE: u64 = 1024 * 1024;
 
@@ -32,6 +34,7 @@ pub enum FsKind {
 pub struct Contents {
     pub user_data: Option<Vec<u8>>,
     pub meta_data: Option<Vec<u8>>,
+    pub network_data: Option<Vec<u8>>,
 }
 
 /// The filesystem label of a device or image, from its first 64 KiB.
@@ -110,6 +113,7 @@ pub fn read(path: &Path, mount_dir: &Path) -> anyhow::Result<Contents> {
         return Ok(Contents {
             user_data: read_small(&path.join(USER_DATA))?,
             meta_data: read_small(&path.join(META_DATA))?,
+            network_data: read_small(&path.join(NETWORK_DATA))?,
         });
     }
     let head = read_head(path)?;
@@ -119,6 +123,7 @@ pub fn read(path: &Path, mount_dir: &Path) -> anyhow::Result<Contents> {
             Ok(Contents {
                 user_data: iso_read_file(&mut f, USER_DATA)?,
                 meta_data: iso_read_file(&mut f, META_DATA)?,
+                network_data: iso_read_file(&mut f, NETWORK_DATA)?,
             })
         }
         Some((FsKind::Vfat, _)) => read_vfat(path, mount_dir),
@@ -158,6 +163,7 @@ fn read_vfat(dev: &Path, mount_dir: &Path) -> anyhow::Result<Contents> {
         Ok::<_, anyhow::Error>(Contents {
             user_data: read_small(&mount_dir.join(USER_DATA))?,
             meta_data: read_small(&mount_dir.join(META_DATA))?,
+            network_data: read_small(&mount_dir.join(NETWORK_DATA))?,
         })
     })();
     let _ = umount2(mount_dir, MntFlags::MNT_DETACH);

@@ -12,6 +12,7 @@ mod configdrive;
 mod control;
 mod http;
 mod metadata;
+mod mtu;
 mod nat;
 mod notify;
 mod plumbing;

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 /// Where user-data lives, OpenStack style first (issue order), then EC2 style.
 pub const USER_DATA_PATHS: [&str; 2] = ["openstack/latest/user_data", "latest/user-data"];
 pub const META_DATA_PATH: &str = "openstack/latest/meta_data.json";
+pub const NETWORK_DATA_PATH: &str = "openstack/latest/network_data.json";
 /// A `meta_data.json` is a few KiB; Nova's 128 properties of 255 characters fit in 64 KiB.
 pub const MAX_META_DATA: usize = 256 * 1024;
 
@@ -32,6 +33,26 @@ pub fn parse_meta(doc: &[u8]) -> Result<BTreeMap<String, String>, String> {
         .collect()
 }
 
+/// The MTU `network_data.json` gives the link with MAC address `mac` (Nova writes
+/// Neutron's network MTU there: `links[].mtu`, `links[].ethernet_mac_address`); with
+/// no link of that MAC, the MTU of the only link. `None` when it says nothing.
+pub fn link_mtu(doc: &[u8], mac: &str) -> Result<Option<u32>, String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(doc).map_err(|e| format!("network_data.json is not JSON: {e}"))?;
+    let links = v["links"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let mtu = |l: &serde_json::Value| l["mtu"].as_u64().and_then(|m| u32::try_from(m).ok());
+    let ours = links.iter().find(|l| {
+        l["ethernet_mac_address"]
+            .as_str()
+            .is_some_and(|m| m.eq_ignore_ascii_case(mac))
+    });
+    Ok(match (ours, links) {
+        (Some(l), _) => mtu(l),
+        (None, [only]) => mtu(only),
+        _ => None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -46,5 +67,23 @@ mod tests {
         assert!(parse_meta(b"[1]").is_err());
         assert!(parse_meta(b"nope").is_err());
         assert!(parse_meta(br#"{"meta":{"a":1}}"#).is_err());
+    }
+
+    #[test]
+    fn the_links_mtu_is_found_by_mac() {
+        let doc = br#"{"links":[
+            {"id":"tap1","type":"ovs","mtu":1442,"ethernet_mac_address":"FA:16:3E:00:00:01"},
+            {"id":"tap2","type":"ovs","mtu":9000,"ethernet_mac_address":"fa:16:3e:00:00:02"}],
+            "networks":[],"services":[]}"#;
+        assert_eq!(link_mtu(doc, "fa:16:3e:00:00:01"), Ok(Some(1442)));
+        assert_eq!(link_mtu(doc, "fa:16:3e:00:00:09"), Ok(None));
+        let one = br#"{"links":[{"id":"tap1","mtu":1450}]}"#;
+        assert_eq!(link_mtu(one, "fa:16:3e:00:00:09"), Ok(Some(1450)));
+        assert_eq!(
+            link_mtu(br#"{"links":[{"id":"t","mtu":null}]}"#, "x"),
+            Ok(None)
+        );
+        assert_eq!(link_mtu(b"{}", "x"), Ok(None));
+        assert!(link_mtu(b"[", "x").is_err());
     }
 }

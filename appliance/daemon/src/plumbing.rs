@@ -7,6 +7,7 @@
 //! the NAT table; the tenant address and default route stay (DHCP's, or the
 //! appliance's identity).
 
+use crate::mtu;
 use crate::nat;
 use crate::run::Settings;
 use crate::tunnel;
@@ -46,7 +47,11 @@ pub struct Configured {
 /// Configure the VM for `config`. Proxy entries in the pool that a previous run
 /// left are removed: the reconciler's boot diff adds the current ones. On error,
 /// what was added is removed again.
-pub async fn configure(settings: &Settings, config: &Config) -> anyhow::Result<Configured> {
+pub async fn configure(
+    settings: &Settings,
+    config: &Config,
+    network_data: Option<&[u8]>,
+) -> anyhow::Result<Configured> {
     let net = Net::connect()?;
     let links = net.links().await?;
     let default_oif = net.default_route_link().await?;
@@ -75,9 +80,21 @@ pub async fn configure(settings: &Settings, config: &Config) -> anyhow::Result<C
         tracing::info!(interface = %tenant.name, gateway = %config.gateway, "default route added");
     }
     netconf::enable_forwarding().map_err(|e| anyhow::anyhow!("enabling IPv4 forwarding: {e}"))?;
+    // What the tenant network carries sets the tunnel's MTU.
+    let mac = std::fs::read_to_string(format!("/sys/class/net/{}/address", tenant.name))
+        .ok()
+        .map(|m| m.trim().to_string());
+    let tunnel_mtu = mtu::for_tenant(
+        config,
+        &tenant.name,
+        tenant.mtu,
+        mac.as_deref(),
+        network_data,
+    )
+    .tunnel;
     let cleanup = Cleanup::new(settings, config, tenant.index);
     let result = async {
-        let tun = tunnel::open_tun(&settings.tun_name, config.mtu, settings.data_path)?;
+        let tun = tunnel::open_tun(&settings.tun_name, tunnel_mtu, settings.data_path)?;
         let link = net
             .link_by_name(&settings.tun_name)
             .await?
@@ -86,11 +103,11 @@ pub async fn configure(settings: &Settings, config: &Config) -> anyhow::Result<C
         if let Err(e) = netconf::set_sysctl(&format!("net/ipv6/conf/{}/disable_ipv6", settings.tun_name), "1") {
             tracing::debug!(error = %e, "cannot disable IPv6 on the TUN device");
         }
-        net.set_up(link.index, Some(u32::from(config.mtu))).await?;
+        net.set_up(link.index, Some(u32::from(tunnel_mtu))).await?;
         for cidr in config.pool.cidrs() {
             net.replace_route(cidr.network(), cidr.prefix(), link.index).await?;
         }
-        tracing::info!(tun = %settings.tun_name, mtu = config.mtu, pool_first = %config.pool.first(), pool_last = %config.pool.last(), "tunnel device up, pool routed through it");
+        tracing::info!(tun = %settings.tun_name, mtu = tunnel_mtu, pool_first = %config.pool.first(), pool_last = %config.pool.last(), "tunnel device up, pool routed through it");
         // A previous run's entries (a crash leaves them): the boot diff adds
         // the ones this run wants.
         remove_pool_proxies(&net, tenant.index, &config.pool).await?;

@@ -175,14 +175,15 @@ async fn boot(settings: &Settings, notifier: &Notifier) -> Result<Booted, u8> {
         None => config.peers.clone(),
     };
     notifier.status("configuring the network");
-    let configured = match plumbing::configure(settings, &config).await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "network configuration failed");
-            notifier.status(&format!("failed: {e:#}"));
-            return Err(exit::FAILURE);
-        }
-    };
+    let configured =
+        match plumbing::configure(settings, &config, fetched.network_data.as_deref()).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "network configuration failed");
+                notifier.status(&format!("failed: {e:#}"));
+                return Err(exit::FAILURE);
+            }
+        };
     let cleanup = Cleanup::new(settings, &config, configured.tenant.index);
     match listeners(settings, &config) {
         Ok((control, status_listener)) => Ok(Booted {

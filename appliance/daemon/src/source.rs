@@ -79,6 +79,8 @@ pub struct Fetched {
     pub user_data: Vec<u8>,
     /// `meta_data.json`, when the source has one.
     pub meta_data: Option<Vec<u8>>,
+    /// `network_data.json` (links with their MTU), when the source has one.
+    pub network_data: Option<Vec<u8>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +121,7 @@ pub async fn fetch(s: &Sources) -> Result<Fetched, SourceError> {
             source: Origin::File(path.clone()),
             user_data,
             meta_data: None,
+            network_data: None,
         });
     }
     let drive = match &s.config_drive {
@@ -141,6 +144,7 @@ pub async fn fetch(s: &Sources) -> Result<Fetched, SourceError> {
             source,
             user_data,
             meta_data: c.meta_data,
+            network_data: c.network_data,
         });
     }
     fetch_metadata(s).await
@@ -194,10 +198,25 @@ async fn fetch_metadata(s: &Sources) -> Result<Fetched, SourceError> {
                             None
                         }
                     };
+                    // The network's MTU: one quick try too; the NIC tells otherwise.
+                    let net_url = s.metadata_url.join(metadata::NETWORK_DATA_PATH);
+                    let network_data = match http::get(
+                        &net_url,
+                        meta_data_limits(s.request_timeout),
+                    )
+                    .await
+                    {
+                        Ok(b) => Some(b),
+                        Err(e) => {
+                            tracing::debug!(url = %net_url, error = %e, "no network_data.json at boot");
+                            None
+                        }
+                    };
                     return Ok(Fetched {
                         source: Origin::Metadata(url),
                         user_data,
                         meta_data,
+                        network_data,
                     });
                 }
                 Err(HttpError::NotFound) => not_found.push(url.to_string()),
