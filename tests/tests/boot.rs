@@ -135,6 +135,7 @@ fn boots_from_metadata_and_follows_instance_properties() {
     eprintln!("READY=1 after {took:?}");
     assert!(d.notifications().iter().any(|m| m.contains("STATUS=")));
     assert_booted(&lab, Mode::ProxyArp);
+    assert!(d.log().contains("no address conflicts"), "{}", d.log());
 
     // After setup only CAP_NET_ADMIN (bit 12) is left, on every thread, in every set.
     for task in std::fs::read_dir(format!("/proc/{}/task", d.pid())).unwrap() {
@@ -714,4 +715,60 @@ fn the_tunnel_mtu_follows_the_tenant_network_at_1500_1450_and_1442() {
         );
         drop(alice);
     }
+}
+
+/// A port holding a client's address (Neutron gave it out before the recipe narrowed
+/// the allocation pool, or someone asked for it) answers ARP for it beside the
+/// appliance's proxy: the appliance probes its own and every pool address at boot and
+/// names the conflict, the address and the other host's MAC. (Before, a tenant VM on
+/// .250 got two ARP replies and the daemon said nothing.)
+#[test]
+fn an_address_another_port_holds_is_found_at_boot_and_named() {
+    let lab = lab_or_skip!(LabOptions {
+        dhcp: true,
+        metadata: true,
+        ..LabOptions::default()
+    });
+    // bob's address in the lab payload; Neutron lets the network's owner ask for it.
+    let (squatter, ip) = lab
+        .add_vm(0, "squatter", Some("10.77.0.241".parse().unwrap()))
+        .unwrap();
+    assert_eq!(ip.to_string(), "10.77.0.241");
+    let link = lab.ip(&squatter, "link show eth0").unwrap();
+    let mac = link
+        .split("link/ether ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    lab.set_user_data(&payloads::guest(&payloads::config(Mode::ProxyArp)))
+        .unwrap();
+    let mut d = lab.start_daemon(&[]).unwrap();
+    d.wait_ready(READY_WITHIN).unwrap();
+    let log = d.log();
+    let conflicts: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("address conflict"))
+        .collect();
+    assert_eq!(
+        conflicts.len(),
+        1,
+        "one conflict, the others are free:\n{log}"
+    );
+    assert!(
+        conflicts[0].contains("ERROR")
+            && conflicts[0].contains("address=10.77.0.241")
+            && conflicts[0].contains(&format!("holder={mac}"))
+            && conflicts[0].contains("allocation pool"),
+        "{}",
+        conflicts[0]
+    );
+    assert!(
+        d.notifications()
+            .iter()
+            .any(|m| m.contains("READY=1") && m.contains("1 address conflicts")),
+        "{:?}",
+        d.notifications()
+    );
+    assert!(d.stop(EXIT_WITHIN).unwrap().status.success());
 }

@@ -10,6 +10,7 @@
 mod backoff;
 mod configdrive;
 mod control;
+mod dad;
 mod http;
 mod metadata;
 mod mtu;

@@ -7,6 +7,7 @@
 //! the NAT table; the tenant address and default route stay (DHCP's, or the
 //! appliance's identity).
 
+use crate::dad;
 use crate::mtu;
 use crate::nat;
 use crate::run::Settings;
@@ -80,18 +81,19 @@ pub async fn configure(
         tracing::info!(interface = %tenant.name, gateway = %config.gateway, "default route added");
     }
     netconf::enable_forwarding().map_err(|e| anyhow::anyhow!("enabling IPv4 forwarding: {e}"))?;
-    // What the tenant network carries sets the tunnel's MTU.
-    let mac = std::fs::read_to_string(format!("/sys/class/net/{}/address", tenant.name))
-        .ok()
-        .map(|m| m.trim().to_string());
+    // What the tenant network carries sets the tunnel's MTU; nobody else may hold the
+    // appliance's or the clients' addresses.
+    let mac = dad::mac_of(&tenant.name).ok();
+    let mac_text = mac.map(|m| dad::mac_string(&m));
     let tunnel_mtu = mtu::for_tenant(
         config,
         &tenant.name,
         tenant.mtu,
-        mac.as_deref(),
+        mac_text.as_deref(),
         network_data,
     )
     .tunnel;
+    dad::check_tenant(&tenant.name, tenant.index, mac, config).await;
     let cleanup = Cleanup::new(settings, config, tenant.index);
     let result = async {
         let tun = tunnel::open_tun(&settings.tun_name, tunnel_mtu, settings.data_path)?;

@@ -212,8 +212,12 @@ struct Supervisor<'a> {
 
 impl Supervisor<'_> {
     fn status_line(&self) -> String {
+        let conflicts = match crate::dad::conflicts() {
+            0 => String::new(),
+            n => format!("; {n} address conflicts on the tenant network (see the log)"),
+        };
         format!(
-            "serving {} peers on UDP port {}",
+            "serving {} peers on UDP port {}{conflicts}",
             self.reconciler.peers().count(),
             self.config.listen_port
         )
