@@ -48,6 +48,15 @@ impl Lab {
 
     /// Like [`Lab::start_daemon`], run through `wrapper` (e.g. `setpriv ...`).
     pub fn start_daemon_with(&self, wrapper: &[&str], args: &[&str]) -> anyhow::Result<Daemon> {
+        self.start_daemon_in(&self.cloudpipe(), wrapper, args)
+    }
+
+    /// Start `cloudpiped` in the appliance namespace of tenant network `index`.
+    pub fn start_daemon_on(&self, index: usize, args: &[&str]) -> anyhow::Result<Daemon> {
+        self.start_daemon_in(&self.network(index).cloudpipe, &[], args)
+    }
+
+    fn start_daemon_in(&self, ns: &str, wrapper: &[&str], args: &[&str]) -> anyhow::Result<Daemon> {
         let n = N.fetch_add(1, Ordering::SeqCst);
         let bin = bin_path("cloudpiped")?;
         let sock_path = self.dir().join(format!("notify-{n}.sock"));
@@ -77,7 +86,7 @@ impl Lab {
         }
         cmd.extend(args.iter().map(|s| s.to_string()));
         let refs: Vec<&str> = cmd.iter().map(|s| s.as_str()).collect();
-        let child = self.spawn_with(&self.cloudpipe(), &refs, |c| {
+        let child = self.spawn_with(ns, &refs, |c| {
             c.env("NOTIFY_SOCKET", &sock_path)
                 .env("CLOUDPIPED_LOG", "debug")
                 .stdout(Stdio::null())

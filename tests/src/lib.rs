@@ -560,7 +560,18 @@ impl Lab {
     /// The recipe `cloudpipe openstack NETWORK --json` gives for `config` on the lab's
     /// first network, with the floating IP the project holds.
     pub fn recipe_for(&self, config: &cloudpipe_core::config::Config) -> anyhow::Result<Recipe> {
-        let net = self.network(0);
+        self.recipe_on(0, config, Some(self.floating_ip()))
+    }
+
+    /// The recipe for `config` on network `index`: the floating IP the project holds
+    /// at that address, or (`None`) one to allocate.
+    pub fn recipe_on(
+        &self,
+        index: usize,
+        config: &cloudpipe_core::config::Config,
+        floating_ip: Option<Ipv4Addr>,
+    ) -> anyhow::Result<Recipe> {
+        let net = self.network(index);
         Ok(Recipe::new(
             config,
             &cloudpipe_core::neutron::RecipeOptions {
@@ -569,7 +580,7 @@ impl Lab {
                 image: "cloudpipe".into(),
                 flavor: "m1.small".into(),
                 mtu: net.mtu,
-                floating_ip: Some(self.floating_ip()),
+                floating_ip,
             },
         )?)
     }
@@ -657,12 +668,29 @@ impl Lab {
             &format!("/v2.0/floatingips/{fip_id}"),
             json!({"floatingip": {"port_id": port_id}}),
         )?;
+        self.attach_appliance(index, &p.name)
+    }
+
+    /// Wire network `index`'s appliance namespace to its Neutron port `port` (made by
+    /// [`Lab::launch_on`], or by python-openstackclient as a test applies the printed
+    /// recipe), give the tenant VM a port from the pools, and sync.
+    pub fn attach_appliance(&self, index: usize, port: &str) -> anyhow::Result<()> {
+        let net = self.network(index);
+        let found = self.cloud().tenant.member.get(&format!(
+            "/v2.0/ports?network_id={}&name={port}",
+            net.network_id
+        ))?;
+        let ip: Ipv4Addr = str_at(&found, "/ports/0/fixed_ips/0/ip_address")
+            .with_context(|| format!("no port {port:?} on network {}", net.name))?
+            .parse()?;
         {
             let mut nets = self.nets.lock().unwrap();
-            nets[index].appliance_port = Some(p.name.clone());
-            nets[index].appliance_ip = p.fixed_ips.first().map(|f| f.ip_address);
+            nets[index].appliance_port = Some(port.to_string());
+            nets[index].appliance_ip = Some(ip);
         }
-        self.add_tenant_vm(index)?;
+        if net.tenant_vm_ip.is_none() {
+            self.add_tenant_vm(index)?;
+        }
         self.sync()
     }
 

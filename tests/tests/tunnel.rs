@@ -260,6 +260,67 @@ fn masquerade_mode_reaches_the_tenant_as_the_appliance() {
     assert_eq!(count_from(&m.lab, "10.77.0.250"), 0);
 }
 
+/// In proxy-ARP mode a tenant VM's connection to a client's pool address arrives at
+/// the appliance's port, where the security group judges it: the recipe's admits the
+/// tenant subnet. (The old group admitted UDP 1194 and ICMP only: tenant VMs could
+/// ping clients but not connect to them.) TCP both ways.
+#[test]
+fn tenant_vms_open_tcp_connections_to_clients_and_back() {
+    let Some((m, _alice, _)) = Mission::with_alice(&[]) else {
+        return;
+    };
+    let lab = &m.lab;
+    // A server on alice's machine, on her pool address; the tenant VM connects.
+    #[allow(clippy::zombie_processes)] // the lab tracks the PID, kills and reaps it
+    lab.spawn_with(
+        &lab.outside(),
+        &["iperf3", "-s", "-1", "-B", "10.77.0.250", "-p", "5301"],
+        |c| {
+            c.stdout(std::process::Stdio::null());
+        },
+    )
+    .unwrap();
+    wait_for(Duration::from_secs(10), "iperf3 on alice's side", || {
+        Ok(lab
+            .exec(&lab.outside(), &["ss", "-Htln", "sport = :5301"])?
+            .contains("5301"))
+    })
+    .unwrap();
+    let out = lab
+        .output(
+            &lab.tenant_vm(),
+            &[
+                "iperf3",
+                "-c",
+                "10.77.0.250",
+                "-p",
+                "5301",
+                "-n",
+                "5M",
+                "-J",
+                "--connect-timeout",
+                "5000",
+            ],
+        )
+        .unwrap();
+    let report = iperf_report(out);
+    let sent = report["end"]["sum_sent"]["bytes"].as_u64();
+    assert!(
+        sent.is_some_and(|b| b >= 5 << 20),
+        "the tenant VM could not connect to alice: {report}"
+    );
+    // And alice to a server on the tenant VM.
+    iperf_server(lab, 5302);
+    let report = iperf_report(
+        lab.output(
+            &lab.outside(),
+            &["iperf3", "-c", &vm(&m), "-p", "5302", "-n", "5M", "-J"],
+        )
+        .unwrap(),
+    );
+    assert!(report["end"]["sum_sent"]["bytes"].as_u64().unwrap() >= 5 << 20);
+}
+
 /// The tenant VM's address: Neutron's pick from the allocation pool.
 fn vm(m: &Mission) -> String {
     m.lab.tenant_vm_ip().to_string()

@@ -99,7 +99,7 @@ fn print_commands(
     println!("openstack network show {neutron_net} -c mtu -f value");
     println!("#    {address} must be free: this lists the port holding it (Neutron's DHCP port often takes .2).");
     println!("#    If one is listed, give the appliance a free address: `cloudpipe network create {name} ... --address FREE_IP`.");
-    println!("openstack port list --network {neutron_net} --fixed-ip ip-address={address} -c ID -c device_owner");
+    println!("openstack port list --network {neutron_net} --fixed-ip ip-address={address} --long -c ID -c 'Device Owner'");
     let reserved: Vec<String> = r.subnet.reserved.iter().map(|n| n.to_string()).collect();
     println!(
         "# 3. Keep Neutron from giving {} (the appliance and the client pool) to other ports:",
