@@ -65,6 +65,28 @@ fn interface_values(conf: &str, key: &str) -> Vec<String> {
     out
 }
 
+/// A client whose endpoint lies inside its own AllowedIPs sends its encrypted
+/// packets into its own tunnel and reaches nothing: every lab client is checked for
+/// it before it starts (wg-quick and the apps exclude the endpoint from a default
+/// route only).
+fn check_endpoint_outside_routes(conf: &str) -> Result<(), String> {
+    let routes: Vec<ipnetwork::Ipv4Network> = allowed_ips(conf)
+        .iter()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let endpoint = conf
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("endpoint"))
+        .map(|(_, v)| v.trim().to_string());
+    match endpoint.map(|e| cloudpipe_core::client_config::endpoint_route(&e, &routes)) {
+        Some(cloudpipe_core::client_config::EndpointRoute::Inside(n)) => Err(format!(
+            "the client's endpoint is inside its AllowedIPs {n}: it would loop its own packets into the tunnel:\n{conf}"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Every `AllowedIPs` of the config's peers.
 fn allowed_ips(conf: &str) -> Vec<String> {
     conf.lines()
@@ -82,6 +104,7 @@ fn allowed_ips(conf: &str) -> Vec<String> {
 impl WgClient {
     /// Bring up interface `iface` in namespace `ns` from a wg-quick config.
     pub fn up(ns: &str, iface: &str, wg_quick_conf: &str, workdir: &Path) -> Result<Self, String> {
+        check_endpoint_outside_routes(wg_quick_conf)?;
         std::fs::create_dir_all(workdir).map_err(|e| e.to_string())?;
         let conf_path = workdir.join(format!("{iface}.conf"));
         write_private(&conf_path, wg_quick_conf)?;
@@ -271,6 +294,14 @@ mod tests {
     use super::*;
 
     const CONF: &str = "[Interface]\nAddress = 10.77.0.250/32\nPrivateKey = x\nDNS = 10.77.0.1\n\n[Peer]\nPublicKey = y\nAllowedIPs = 10.77.0.0/24, 192.168.50.0/24\nEndpoint = 203.0.113.10:1194\n";
+
+    #[test]
+    fn a_config_routing_its_own_endpoint_into_the_tunnel_is_refused() {
+        assert!(check_endpoint_outside_routes(CONF).is_ok());
+        let loopy = CONF.replace("192.168.50.0/24", "203.0.113.0/24");
+        let e = check_endpoint_outside_routes(&loopy).unwrap_err();
+        assert!(e.contains("inside its AllowedIPs 203.0.113.0/24"), "{e}");
+    }
 
     #[test]
     fn reads_wg_quick_fields() {

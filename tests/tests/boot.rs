@@ -288,6 +288,12 @@ fn zip_bomb(mib: usize) -> Vec<u8> {
     z.finish().unwrap().into_inner()
 }
 
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
 fn guest_of(zip: &[u8]) -> Vec<u8> {
     cloudpipe_core::payload::encode_zip(zip, cloudpipe_core::payload::Encoding::Guest).unwrap()
 }
@@ -353,6 +359,15 @@ fn bad_payloads_are_refused_in_bounded_time_and_memory_leaving_the_vm_untouched(
             MdMode::Normal,
             2,
             "field=cloudpipe.json.mtu",
+            10,
+        ),
+        (
+            // Some tools gzip user-data: the reason is named, not "Invalid symbol 31".
+            "gzip",
+            Some(gzip(&good)),
+            MdMode::Normal,
+            2,
+            "gzip-compressed",
             10,
         ),
         (
