@@ -329,6 +329,24 @@ impl Lab {
         self.cloud().floating_ip
     }
 
+    /// The floating IP attached to network `index`'s appliance port, as Neutron holds it.
+    pub fn floating_ip_on(&self, index: usize) -> anyhow::Result<Ipv4Addr> {
+        let net = self.network(index);
+        let name = net
+            .appliance_port
+            .with_context(|| format!("network {} is not launched", net.name))?;
+        let m = &self.cloud().tenant.member;
+        let port = m.get(&format!(
+            "/v2.0/ports?network_id={}&name={name}",
+            net.network_id
+        ))?;
+        let fips = m.get(&format!(
+            "/v2.0/floatingips?port_id={}",
+            str_at(&port, "/ports/0/id")?
+        ))?;
+        Ok(str_at(&fips, "/floatingips/0/floating_ip_address")?.parse()?)
+    }
+
     /// The router's address on the external network (the outside's gateway).
     pub fn router_ip(&self) -> Ipv4Addr {
         self.cloud().router_ip
