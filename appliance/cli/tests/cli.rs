@@ -735,6 +735,14 @@ fn the_recipe_reserves_the_pool_and_checks_mtu_and_the_dot_2() {
     }
     let conf = s.ok(&["client", "add", "net1", "alice"]);
     assert_eq!(value(&conf, "MTU"), "1362");
+    // network create says how to read the tenant network's MTU.
+    let o = s.run(&["network", "create", "n2", "--cidr", "10.1.0.0/24"]);
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        said.contains("clients get MTU 1370, for a tenant network of MTU 1450")
+            && said.contains("openstack network show -c mtu"),
+        "{said}"
+    );
 }
 
 #[test]

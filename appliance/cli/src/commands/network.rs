@@ -377,6 +377,11 @@ fn create(state: &StateDir, name: &str, o: &NetworkOptions, origin: Origin) -> R
         pool.last(),
         pool.len()
     );
+    eprintln!(
+        "clients get MTU {mtu}, for a tenant network of MTU {} (read it with \
+         `openstack network show -c mtu NETWORK`; recreate with --mtu if it differs)",
+        o.mtu
+    );
     Ok(())
 }
 
