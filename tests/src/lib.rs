@@ -373,7 +373,31 @@ impl Lab {
     fn make_cloud(&self, state: &openstack::State) -> anyhow::Result<Cloud> {
         let admin = Session::admin(state)?;
         let tenant = admin.create_tenant(&self.id)?;
-        // From here on, Drop purges the project.
+        // Until Drop can purge the project (once this returns), a failure does.
+        match self.make_project_resources(state, &tenant) {
+            Ok(r) => Ok(Cloud {
+                admin,
+                tenant,
+                public_network_id: r.0,
+                router_id: r.1,
+                router_ip: r.2,
+                vm_group_id: r.3,
+                floating_ip: r.4,
+            }),
+            Err(e) => {
+                let _ = admin.purge_project(&tenant.member.project_id, &self.id);
+                Err(e)
+            }
+        }
+    }
+
+    /// The project's router to `public`, the VMs' security group and the floating IP
+    /// held for the first appliance.
+    fn make_project_resources(
+        &self,
+        state: &openstack::State,
+        tenant: &Tenant,
+    ) -> anyhow::Result<(String, String, Ipv4Addr, String, Ipv4Addr)> {
         let m = &tenant.member;
         let public = m.get(&format!("/v2.0/networks?name={}", state.external_network))?;
         let public_network_id = str_at(&public, "/networks/0/id")
@@ -400,15 +424,13 @@ impl Lab {
             json!({"floatingip": {"floating_network_id": public_network_id}}),
         )?;
         let floating_ip = str_at(&fip, "/floatingip/floating_ip_address")?.parse()?;
-        Ok(Cloud {
-            admin,
-            tenant,
+        Ok((
             public_network_id,
             router_id,
             router_ip,
             vm_group_id,
             floating_ip,
-        })
+        ))
     }
 
     /// Namespaces shared by every tenant network: router, switch, outside.
