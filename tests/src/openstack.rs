@@ -73,7 +73,12 @@ pub fn state() -> Result<State> {
     let path = std::env::var_os(STATE_ENV)
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE));
-    let text = std::fs::read_to_string(&path)
+    state_from(&path)
+}
+
+/// The Keystone + Neutron that the state file at `path` describes, if they answer.
+pub fn state_from(path: &std::path::Path) -> Result<State> {
+    let text = std::fs::read_to_string(path)
         .map_err(|e| not_running(format!("{}: {e}", path.display())))?;
     let state: State =
         serde_json::from_str(&text).map_err(|e| not_running(format!("{}: {e}", path.display())))?;
@@ -375,4 +380,36 @@ pub fn str_at(v: &Value, pointer: &str) -> Result<String> {
         .and_then(Value::as_str)
         .map(str::to_string)
         .with_context(|| format!("no string at {pointer} in {v}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_a_running_neutron_the_error_names_the_command_that_starts_it() {
+        let e = state_from(std::path::Path::new("/nonexistent/lab.json")).unwrap_err();
+        let text = format!("{e:#}");
+        assert!(
+            text.contains("scripts/openstack-lab start") && text.contains(STATE_ENV),
+            "{text}"
+        );
+        // A state file whose Neutron does not answer: the same advice.
+        let dir = std::env::temp_dir().join(format!("cp-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("lab.json");
+        std::fs::write(
+            &path,
+            r#"{"keystone": "http://127.0.0.1:9/v3", "neutron": "http://127.0.0.1:9",
+                "region": "RegionOne", "external_network": "public", "openstack": "/x",
+                "admin": {"username": "a", "password": "p", "project": "a", "domain": "Default"}}"#,
+        )
+        .unwrap();
+        let e = state_from(&path).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("scripts/openstack-lab start"),
+            "{e:#}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
