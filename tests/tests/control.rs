@@ -138,7 +138,7 @@ fn wg_show_agrees_with_the_clients_own_view_and_counts_traffic() {
             &[
                 "iperf3",
                 "-c",
-                "10.77.0.10",
+                &m.lab.tenant_vm_ip().to_string(),
                 "-p",
                 "5301",
                 "-n",
@@ -182,11 +182,11 @@ fn wg_set_remove_cuts_one_client_off_until_the_metadata_names_it_again() {
     let key = alice.public_key();
     m.lab.wg_ok(&["set", "cloudpipe0", "peer", &key, "remove"]);
     assert!(
-        !ping(&m.lab, &outside, "10.77.0.10", None),
+        !ping(&m.lab, &outside, &m.lab.tenant_vm_ip().to_string(), None),
         "alice still reaches the tenant VM"
     );
     assert!(
-        ping_all(&m.lab, &home, "10.77.0.10", 3),
+        ping_all(&m.lab, &home, &m.lab.tenant_vm_ip().to_string(), 3),
         "bob lost his session"
     );
     let (_, peers) = dump(&m.lab);
@@ -205,7 +205,7 @@ fn wg_set_remove_cuts_one_client_off_until_the_metadata_names_it_again() {
     .unwrap();
     std::thread::sleep(Duration::from_secs(2));
     assert!(
-        !ping(&m.lab, &outside, "10.77.0.10", None),
+        !ping(&m.lab, &outside, &m.lab.tenant_vm_ip().to_string(), None),
         "alice came back:\n{}",
         m.log()
     );
@@ -217,13 +217,28 @@ fn wg_set_remove_cuts_one_client_off_until_the_metadata_names_it_again() {
         .set_meta([("cloudpipe-revoke-0", format!("v1 {key}").as_str())])
         .unwrap();
     std::thread::sleep(Duration::from_secs(3));
-    assert!(!ping(&m.lab, &outside, "10.77.0.10", None));
+    assert!(!ping(
+        &m.lab,
+        &outside,
+        &m.lab.tenant_vm_ip().to_string(),
+        None
+    ));
     m.publish();
     wait_for(Duration::from_secs(30), "alice back", || {
-        Ok(ping(&m.lab, &outside, "10.77.0.10", None))
+        Ok(ping(
+            &m.lab,
+            &outside,
+            &m.lab.tenant_vm_ip().to_string(),
+            None,
+        ))
     })
     .unwrap_or_else(|e| panic!("{e:#}\n{}", m.log()));
-    assert!(ping_all(&m.lab, &home, "10.77.0.10", 3));
+    assert!(ping_all(
+        &m.lab,
+        &home,
+        &m.lab.tenant_vm_ip().to_string(),
+        3
+    ));
 }
 
 #[test]
@@ -294,7 +309,12 @@ fn wg_syncconf_changes_allowed_ips_without_a_restart() {
         peer(&after, &bob.public_key()).latest_handshake,
         bob_handshake
     );
-    assert!(ping_all(&m.lab, &home, "10.77.0.10", 3));
+    assert!(ping_all(
+        &m.lab,
+        &home,
+        &m.lab.tenant_vm_ip().to_string(),
+        3
+    ));
 
     // Back to the original: the route goes.
     let orig = m.lab.dir().join("orig.conf");
@@ -403,7 +423,12 @@ fn malformed_requests_get_an_errno_and_the_daemon_keeps_running() {
     let (_, peers) = dump(&m.lab);
     assert_eq!(peer(&peers, &key).keepalive, "25");
     // Still serving: the daemon runs, alice still reaches the tenant VM.
-    assert!(ping_all(&m.lab, &m.lab.outside(), "10.77.0.10", 3));
+    assert!(ping_all(
+        &m.lab,
+        &m.lab.outside(),
+        &m.lab.tenant_vm_ip().to_string(),
+        3
+    ));
     let log = m.log();
     assert!(!log.contains("panicked"), "{log}");
     assert!(log.contains("request refused"), "{log}");
@@ -503,7 +528,14 @@ fn a_restart_rebuilds_the_peer_set_from_the_payload_and_the_metadata() {
     wait_for(
         Duration::from_secs(45),
         "alice back after the restart",
-        || Ok(ping(&m.lab, &m.lab.outside(), "10.77.0.10", None)),
+        || {
+            Ok(ping(
+                &m.lab,
+                &m.lab.outside(),
+                &m.lab.tenant_vm_ip().to_string(),
+                None,
+            ))
+        },
     )
     .unwrap_or_else(|e| panic!("{e:#}\n{}", m.log()));
 }

@@ -87,8 +87,9 @@ fn cloudpipe_status_on_the_appliance_reads_the_control_socket() {
     assert!(ok, "{err}");
     for want in [
         "network:     lab (10.77.0.0/24, appliance 10.77.0.2, proxy-arp)",
-        "endpoint:    203.0.113.10:1194 (UDP 1194)",
-        "tunnel MTU:  1420",
+        &format!("endpoint:    {}:1194 (UDP 1194)", m.lab.floating_ip()),
+        // The lab network's MTU (1450) less WireGuard's 80.
+        &format!("tunnel MTU:  {}", m.lab.mtu() - 80),
         "pool:        10.77.0.250-10.77.0.254: 1 used, 4 free",
     ] {
         assert!(out.contains(want), "missing {want:?} in\n{out}");
@@ -187,7 +188,12 @@ fn status_all_merges_stored_and_live_views_from_a_tenant_vm_and_through_the_tunn
 
     // Transfer rises as alice talks.
     let rx0 = a["rx_bytes"].as_u64().unwrap();
-    assert!(ping_all(&m.lab, &m.lab.outside(), "10.77.0.10", 5));
+    assert!(ping_all(
+        &m.lab,
+        &m.lab.outside(),
+        &m.lab.tenant_vm_ip().to_string(),
+        5
+    ));
     let all = json_in(&m, &t, &["status", "--all", "--json"]);
     let rx1 = client(&report(&all, NETWORK)["clients"], "alice")["rx_bytes"]
         .as_u64()
@@ -275,10 +281,15 @@ fn metrics_scraped_with_curl_count_traffic_and_a_spoofed_packet() {
     assert!(!ping(
         &m.lab,
         &m.lab.outside(),
-        "10.77.0.10",
+        &m.lab.tenant_vm_ip().to_string(),
         Some("10.77.0.99")
     ));
-    assert!(ping_all(&m.lab, &m.lab.outside(), "10.77.0.10", 3));
+    assert!(ping_all(
+        &m.lab,
+        &m.lab.outside(),
+        &m.lab.tenant_vm_ip().to_string(),
+        3
+    ));
     let after = scrape();
     assert!(
         after[spoofed] >= before[spoofed] + 1.0,

@@ -1641,7 +1641,7 @@ fn status_port_and_endpoint_travel_in_the_payload() {
     let recipe = s.ok(&["openstack", "net1"]);
     assert!(
         recipe.contains(
-            "--ingress --protocol tcp --dst-port 9100 --remote-ip 10.0.0.0/24 cloudpipe-net1"
+            "--ingress --ethertype IPv4 --protocol tcp --dst-port 9100 --remote-ip 10.0.0.0/24 --description"
         ),
         "{recipe}"
     );

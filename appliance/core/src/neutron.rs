@@ -347,6 +347,16 @@ impl Recipe {
                 "ICMP from anywhere: ping and path MTU discovery".into(),
             ),
         ];
+        // Named on its own, though the tenant subnet's rule below covers it: the group
+        // says why the port is open, and to whom only.
+        if let Some(p) = config.status_port {
+            rules.push(rule(
+                Some("tcp"),
+                Some(p),
+                config.subnet,
+                format!("live status and metrics on TCP {p}, for the tenant subnet only"),
+            ));
+        }
         match config.mode {
             Mode::ProxyArp => {
                 rules.push(rule(
