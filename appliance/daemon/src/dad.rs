@@ -166,7 +166,7 @@ pub fn mac_of(ifname: &str) -> std::io::Result<[u8; 6]> {
 /// Probe the appliance's address and the client pool on the tenant interface and log
 /// each conflict by name, with the way out. Never fails the boot: the appliance
 /// still serves every address nobody else holds.
-pub async fn check_tenant(
+pub fn check_tenant(
     ifname: &str,
     ifindex: u32,
     mac: Option<[u8; 6]>,
@@ -185,14 +185,13 @@ pub async fn check_tenant(
             "a large pool: probing its first addresses only"
         );
     }
-    let found = match tokio::task::spawn_blocking(move || probe(ifindex, mac, &addresses)).await {
-        Ok(Ok(found)) => found,
-        Ok(Err(e)) => {
-            tracing::warn!(interface = %ifname, error = %e, "cannot probe for address conflicts (ARP needs CAP_NET_RAW at boot)");
-            return;
-        }
+    // Blocking, on the boot runtime's one thread (about a second, nothing else runs
+    // then): no pool thread may be left behind, since capabilities are dropped only
+    // while the process has a single thread.
+    let found = match probe(ifindex, mac, &addresses) {
+        Ok(found) => found,
         Err(e) => {
-            tracing::warn!(error = %e, "address conflict probe failed");
+            tracing::warn!(interface = %ifname, error = %e, "cannot probe for address conflicts (ARP needs CAP_NET_RAW at boot)");
             return;
         }
     };

@@ -93,7 +93,7 @@ pub async fn configure(
         network_data,
     )
     .tunnel;
-    dad::check_tenant(&tenant.name, tenant.index, mac, config).await;
+    dad::check_tenant(&tenant.name, tenant.index, mac, config);
     let cleanup = Cleanup::new(settings, config, tenant.index);
     let result = async {
         let tun = tunnel::open_tun(&settings.tun_name, tunnel_mtu, settings.data_path)?;
