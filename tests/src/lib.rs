@@ -130,7 +130,15 @@ pub struct LabOptions {
     /// Launch the appliance's port at once, from the recipe of the lab payload in
     /// this mode ([`payloads::config`]); `None` leaves it to [`Lab::launch`].
     pub launch: Option<Mode>,
+    /// The appliance is a VM under qemu (scripts/image-smoke), not the `cloudpipe`
+    /// namespace: its bridge port is a tap device in the switch namespace
+    /// ([`APPLIANCE_TAP`]) for qemu to open, filtered like any port; the VM takes
+    /// its port's MAC ([`Lab::appliance_mac`]) and configures itself.
+    pub appliance_tap: bool,
 }
+
+/// The first network's appliance port when it is a tap ([`LabOptions::appliance_tap`]).
+pub const APPLIANCE_TAP: &str = "vcp0";
 
 impl Default for LabOptions {
     fn default() -> Self {
@@ -139,6 +147,7 @@ impl Default for LabOptions {
             metadata: false,
             mtu: DEFAULT_MTU,
             launch: Some(Mode::ProxyArp),
+            appliance_tap: false,
         }
     }
 }
@@ -184,6 +193,8 @@ pub struct TenantNet {
     pub network_id: String,
     pub subnet_id: String,
     pub dhcp: bool,
+    /// The appliance's bridge port is a tap for a VM under qemu.
+    pub tap: bool,
     /// Namespaces.
     pub cloudpipe: String,
     pub tenant_vm: String,
@@ -267,6 +278,10 @@ impl Lab {
         lab.cloud = Some(lab.make_cloud(&state)?);
         lab.build()?;
         lab.add_tenant_net(NETWORK, SUBNET.parse()?, opts.mtu, opts.dhcp, true)?;
+        if opts.appliance_tap {
+            lab.nets.lock().unwrap()[0].tap = true;
+            lab.use_tap()?;
+        }
         if let Some(mode) = opts.launch {
             let config = payloads::config(mode);
             lab.launch(&lab.recipe_for(&config)?)?;
@@ -547,6 +562,7 @@ impl Lab {
             network_id,
             subnet_id,
             dhcp,
+            tap: false,
             cloudpipe: format!("{}{suffix}", self.cloudpipe()),
             tenant_vm: format!("{}{suffix}", self.tenant_vm()),
             appliance_port: None,
@@ -579,6 +595,37 @@ impl Lab {
         }
         self.nets.lock().unwrap().push(net);
         Ok(index)
+    }
+
+    /// The first network's appliance port becomes a tap device in the switch namespace
+    /// (the veth to the `cloudpipe` namespace goes).
+    fn use_tap(&self) -> anyhow::Result<()> {
+        let net = self.network(0);
+        let sw = self.switch();
+        self.ip(&sw, &format!("link del {APPLIANCE_TAP}"))?;
+        self.ip(&sw, &format!("tuntap add dev {APPLIANCE_TAP} mode tap"))?;
+        self.ip(
+            &sw,
+            &format!(
+                "link set {APPLIANCE_TAP} master {} mtu {} up",
+                net.bridge(),
+                net.mtu
+            ),
+        )?;
+        Ok(())
+    }
+
+    /// The MAC address of the first network's appliance port (Neutron's).
+    pub fn appliance_mac(&self) -> anyhow::Result<String> {
+        let net = self.network(0);
+        let name = net
+            .appliance_port
+            .context("the lab network is not launched yet")?;
+        let port = self.cloud().tenant.member.get(&format!(
+            "/v2.0/ports?network_id={}&name={name}",
+            net.network_id
+        ))?;
+        str_at(&port, "/ports/0/mac_address")
     }
 
     /// A veth from `ns`'s eth0 to the bridge; the switch side gets the network's MTU.
@@ -842,7 +889,10 @@ impl Lab {
             vms.push((vm.clone(), find(&nets[vm.network], &vm.port_name)?));
         }
         for (vm, port) in &vms {
-            self.wire(vm, port, &nets[vm.network])?;
+            let tap = nets[vm.network].tap && vm.switch_if == APPLIANCE_TAP;
+            if !tap {
+                self.wire(vm, port, &nets[vm.network])?;
+            }
             wired.push(Wired {
                 ifname: vm.switch_if.clone(),
                 port: port.clone(),

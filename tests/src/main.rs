@@ -1,9 +1,11 @@
 //! `cloudpipe-lab`: the lab for people and scripts, and the lab's metadata server.
 //!
 //! ```text
-//! cloudpipe-lab up [--keep] [--dhcp] [--metadata] [--payload] [--mtu N]
+//! cloudpipe-lab up [--keep] [--dhcp] [--metadata] [--payload] [--mtu N] [--appliance-tap]
 //!                                                   build a lab, print its namespaces
-//!                                                   and addresses
+//!                                                   and addresses (--appliance-tap: the
+//!                                                   appliance is a VM on a tap, see
+//!                                                   LabOptions::appliance_tap)
 //! cloudpipe-lab down [ID]                           delete kept labs (all dead ones, or ID)
 //! cloudpipe-lab exec ROLE CMD...                    run CMD in the last kept lab's ROLE
 //! cloudpipe-lab payload [--masquerade] [--zip|--json] print the lab network's payload
@@ -27,7 +29,7 @@ fn main() -> ExitCode {
         Some("payload") => payload(&args[1..]),
         Some("demo") => cloudpipe_lab::demo::run().map(|()| ExitCode::SUCCESS),
         _ => {
-            eprintln!("usage: cloudpipe-lab up [--keep] [--dhcp] [--metadata] [--payload] [--mtu N] | down [ID] | exec ROLE CMD... | payload [--masquerade] [--zip|--json] | metadata-server --dir D --listen ADDR:PORT | demo");
+            eprintln!("usage: cloudpipe-lab up [--keep] [--dhcp] [--metadata] [--payload] [--mtu N] [--appliance-tap] | down [ID] | exec ROLE CMD... | payload [--masquerade] [--zip|--json] | metadata-server --dir D --listen ADDR:PORT | demo");
             return ExitCode::from(2);
         }
     };
@@ -65,6 +67,7 @@ fn up(args: &[String]) -> anyhow::Result<ExitCode> {
         dhcp: args.iter().any(|a| a == "--dhcp"),
         metadata: args.iter().any(|a| a == "--metadata"),
         mtu,
+        appliance_tap: args.iter().any(|a| a == "--appliance-tap"),
         ..LabOptions::default()
     })?;
     if args.iter().any(|a| a == "--payload") {
@@ -79,6 +82,11 @@ fn up(args: &[String]) -> anyhow::Result<ExitCode> {
     println!("{:<12} {}", "mtu", lab.mtu());
     println!("{:<12} {}", "floating-ip", lab.floating_ip());
     println!("{:<12} {}", "tenant-vm-ip", lab.tenant_vm_ip());
+    println!("{:<12} {}", "appliance-ip", cloudpipe_lab::APPLIANCE);
+    println!("{:<12} {}", "appliance-mac", lab.appliance_mac()?);
+    if args.iter().any(|a| a == "--appliance-tap") {
+        println!("{:<12} {}", "appliance-tap", cloudpipe_lab::APPLIANCE_TAP);
+    }
     if keep {
         std::fs::create_dir_all(STATE)?;
         std::fs::write(format!("{STATE}/current"), lab.id())?;

@@ -652,6 +652,7 @@ fn the_tunnel_mtu_follows_the_tenant_network_at_1500_1450_and_1442() {
                 metadata: true,
                 mtu,
                 launch: None,
+                ..LabOptions::default()
             },
             &[],
         ) else {
