@@ -51,9 +51,27 @@ impl Lab {
         self.start_daemon_in(&self.cloudpipe(), wrapper, args)
     }
 
-    /// Start `cloudpiped` in the appliance namespace of tenant network `index`.
+    /// Start `cloudpiped` in the appliance namespace of tenant network `index`; its
+    /// control socket goes to [`Lab::control_dir_on`].
     pub fn start_daemon_on(&self, index: usize, args: &[&str]) -> anyhow::Result<Daemon> {
-        self.start_daemon_in(&self.network(index).cloudpipe, &[], args)
+        if index == 0 || args.iter().any(|a| a.starts_with("--control-dir")) {
+            return self.start_daemon_in(&self.network(index).cloudpipe, &[], args);
+        }
+        let dir = self.control_dir_on(index);
+        let dir = dir.to_str().expect("utf-8 path");
+        let mut all = vec!["--control-dir", dir];
+        all.extend_from_slice(args);
+        self.start_daemon_in(&self.network(index).cloudpipe, &[], &all)
+    }
+
+    /// Where network `index`'s daemon puts its control socket (the first network's:
+    /// [`Lab::control_dir`]): one directory per appliance, the sockets being named
+    /// after the TUN device.
+    pub fn control_dir_on(&self, index: usize) -> PathBuf {
+        match index {
+            0 => self.control_dir(),
+            i => self.dir().join(format!("wireguard{i}")),
+        }
     }
 
     fn start_daemon_in(&self, ns: &str, wrapper: &[&str], args: &[&str]) -> anyhow::Result<Daemon> {

@@ -615,6 +615,54 @@ impl Lab {
         Ok(())
     }
 
+    /// Add `cidr` to the allowed address pairs of network `index`'s appliance port (what
+    /// `openstack port set --allowed-address ip-address=CIDR PORT` does) and sync: a
+    /// network routed to a client beyond the pool is sent from by the appliance.
+    pub fn allow_address_pair(&self, index: usize, cidr: Ipv4Network) -> anyhow::Result<()> {
+        let net = self.network(index);
+        let name = net
+            .appliance_port
+            .context("the network is not launched yet")?;
+        let m = &self.cloud().tenant.member;
+        let found = m.get(&format!(
+            "/v2.0/ports?network_id={}&name={name}",
+            net.network_id
+        ))?;
+        let port = &found["ports"][0];
+        let mut pairs = port["allowed_address_pairs"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        pairs.push(json!({ "ip_address": cidr.to_string() }));
+        m.put(
+            &format!("/v2.0/ports/{}", str_at(port, "/id")?),
+            json!({"port": {"allowed_address_pairs": pairs}}),
+        )?;
+        self.sync()
+    }
+
+    /// Add an ingress rule to the project's security group `group` (as `openstack
+    /// security group rule create` does) and sync.
+    pub fn add_ingress_rule(
+        &self,
+        group: &str,
+        protocol: &str,
+        port: u16,
+        remote: Ipv4Network,
+    ) -> anyhow::Result<()> {
+        let m = &self.cloud().tenant.member;
+        let groups = m.get(&format!("/v2.0/security-groups?name={group}"))?;
+        m.post(
+            "/v2.0/security-group-rules",
+            json!({"security_group_rule": {
+                "security_group_id": str_at(&groups, "/security_groups/0/id")?,
+                "direction": "ingress", "ethertype": "IPv4", "protocol": protocol,
+                "port_range_min": port, "port_range_max": port,
+                "remote_ip_prefix": remote.to_string()}}),
+        )?;
+        self.sync()
+    }
+
     /// The MAC address of the first network's appliance port (Neutron's).
     pub fn appliance_mac(&self) -> anyhow::Result<String> {
         let net = self.network(0);

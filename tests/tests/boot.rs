@@ -710,8 +710,11 @@ fn the_tunnel_mtu_follows_the_tenant_network_at_1500_1450_and_1442() {
         assert_eq!(got, 0, "{mtu}: {out}");
         // Full-size TCP both ways.
         for reverse in [false, true] {
-            iperf_server(lab, 5201);
-            let mut args = vec!["iperf3", "-c", &vm, "-p", "5201", "-n", "40M", "-J"];
+            // A port per direction: the first server may still be on its way out.
+            let port = if reverse { 5202 } else { 5201 };
+            iperf_server(lab, port);
+            let p = port.to_string();
+            let mut args = vec!["iperf3", "-c", &vm, "-p", &p, "-n", "40M", "-J"];
             if reverse {
                 args.push("-R");
             }

@@ -287,6 +287,12 @@ fn wg_syncconf_changes_allowed_ips_without_a_restart() {
     );
 
     // The network behind alice is reachable from the tenant VM through the tunnel.
+    // Its packets leave the appliance's port with their own sources: under Neutron's
+    // port security the port must allow them (an allowed address pair), as the
+    // operator sets it with `openstack port set --allowed-address`.
+    m.lab
+        .allow_address_pair(0, "192.168.77.0/24".parse().unwrap())
+        .unwrap();
     alice.add_address("192.168.77.1/24").unwrap();
     m.lab
         .ip(

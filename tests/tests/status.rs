@@ -234,12 +234,25 @@ fn status_all_merges_stored_and_live_views_from_a_tenant_vm_and_through_the_tunn
     );
     assert!(client(&lab["clients"], "bob")["endpoint"].is_string());
 
-    // Anyone else is refused: the router, from its external address.
+    // Anyone else is refused: the router, from its external address. Neutron's
+    // security group drops it first (the recipe opens the port to the tenant subnet
+    // only); with a rule that lets the world in, the daemon still says 403.
+    let outside_ip = m.lab.router_ip().to_string();
     let (code, body) = curl(
         &m.lab,
         &m.lab.router(),
         "http://10.77.0.2:9100/status",
-        Some("203.0.113.1"),
+        Some(&outside_ip),
+    );
+    assert_eq!(code, 0, "the security group let it through: {body}");
+    m.lab
+        .add_ingress_rule("cloudpipe-lab", "tcp", 9100, "0.0.0.0/0".parse().unwrap())
+        .unwrap();
+    let (code, body) = curl(
+        &m.lab,
+        &m.lab.router(),
+        "http://10.77.0.2:9100/status",
+        Some(&outside_ip),
     );
     assert_eq!(code, 403, "{body}");
 }
