@@ -42,12 +42,14 @@ PEERS_BIN = os.environ.get("CLOUDPIPE_BENCH_PEERS", "/opt/cloudpipe-bench/bin")
 BORINGTUN = os.path.join(PEERS_BIN, "boringtun-cli")
 GOTATUN = os.path.join(PEERS_BIN, "gotatun")
 
-FLOATING_IP = "203.0.113.10"
-TENANT_VM = "10.77.0.10"
+# Neutron's picks, set from `cloudpipe-lab up` for the lab of the run (Lab.__init__).
+FLOATING_IP = None
+TENANT_VM = None
 CLIENT_ADDR = "10.77.0.240"  # alice in tests/src/payloads.rs
 SUBNET = "10.77.0.0/24"
 OVPN_NET = ("10.8.0.1", "10.8.0.2")
-MTU = 1420
+# The lab network's MTU less WireGuard's 80 (set by Lab.__init__).
+MTU = None
 TESTS = ["tcp_up", "tcp_down", "tcp_4", "udp_64"]
 
 # (name, server, client, note)
@@ -107,11 +109,18 @@ class Lab:
     def __init__(self, work):
         # To a file, not a pipe: the lab's metadata server keeps its stdout open.
         with tempfile.TemporaryFile("w+") as f:
-            subprocess.run([LAB, "up", "--keep", "--dhcp", "--metadata", "--payload"], stdout=f,
+            # OpenVPN's clients (10.8.0.0/24) leave the appliance's port with their
+            # own sources: Neutron's port security must allow them.
+            subprocess.run([LAB, "up", "--keep", "--dhcp", "--metadata", "--payload",
+                            "--allow", "10.8.0.0/24"], stdout=f,
                            stderr=subprocess.DEVNULL, check=True)
             f.seek(0)
             out = f.read()
-        self.id = next(l.split()[1] for l in out.splitlines() if l.startswith("router ")).rsplit("-router", 1)[0]
+        values = {l.split()[0]: l.split()[1] for l in out.splitlines() if len(l.split()) == 2}
+        self.id = values["router"].rsplit("-router", 1)[0]
+        global FLOATING_IP, TENANT_VM, MTU
+        FLOATING_IP, TENANT_VM = values["floating-ip"], values["tenant-vm-ip"]
+        MTU = int(values["mtu"]) - 80
         self.appliance, self.outside, self.vm = (f"{self.id}-{r}" for r in ("cloudpipe", "outside", "tenant-vm"))
         self.work = tempfile.mkdtemp(prefix=f"{self.id}-", dir=work)
         self.procs = []

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cloudpipe-lab up [--keep] [--dhcp] [--metadata] [--payload] [--mtu N] [--appliance-tap]
+//!                  [--allow CIDR]...
 //!                                                   build a lab, print its namespaces
 //!                                                   and addresses (--appliance-tap: the
 //!                                                   appliance is a VM on a tap, see
@@ -29,7 +30,7 @@ fn main() -> ExitCode {
         Some("payload") => payload(&args[1..]),
         Some("demo") => cloudpipe_lab::demo::run().map(|()| ExitCode::SUCCESS),
         _ => {
-            eprintln!("usage: cloudpipe-lab up [--keep] [--dhcp] [--metadata] [--payload] [--mtu N] [--appliance-tap] | down [ID] | exec ROLE CMD... | payload [--masquerade] [--zip|--json] | metadata-server --dir D --listen ADDR:PORT | demo");
+            eprintln!("usage: cloudpipe-lab up [--keep] [--dhcp] [--metadata] [--payload] [--mtu N] [--appliance-tap] [--allow CIDR]... | down [ID] | exec ROLE CMD... | payload [--masquerade] [--zip|--json] | metadata-server --dir D --listen ADDR:PORT | demo");
             return ExitCode::from(2);
         }
     };
@@ -70,6 +71,18 @@ fn up(args: &[String]) -> anyhow::Result<ExitCode> {
         appliance_tap: args.iter().any(|a| a == "--appliance-tap"),
         ..LabOptions::default()
     })?;
+    // More allowed address pairs on the appliance's port (networks it sends from).
+    for (i, a) in args.iter().enumerate() {
+        if a == "--allow" {
+            let cidr = args
+                .get(i + 1)
+                .ok_or_else(|| anyhow::anyhow!("--allow needs a CIDR"))?;
+            let cidr = cidr
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--allow {cidr}: {e}"))?;
+            lab.allow_address_pair(0, cidr)?;
+        }
+    }
     if args.iter().any(|a| a == "--payload") {
         let config = cloudpipe_lab::payloads::config(cloudpipe_core::config::Mode::ProxyArp);
         lab.set_user_data(&cloudpipe_lab::payloads::guest(&config))?;
