@@ -173,6 +173,11 @@ impl TunIo for TunQueue {
     }
 
     fn send(&self, batch: &mut TunBatch) -> io::Result<usize> {
+        if batch.is_empty() {
+            // Most TUN-to-UDP batches write nothing here; they must not wait for the
+            // coalescing state while the other thread writes.
+            return Ok(0);
+        }
         let mut refused = 0;
         if self.offload {
             let mut gro = self.gro.lock().unwrap_or_else(|e| e.into_inner());
