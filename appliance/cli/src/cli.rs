@@ -229,28 +229,27 @@ pub enum ClientCmd {
         /// Write the config to FILE (mode 0600) instead of standard output.
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
-        /// Print the config as a QR code in the terminal (for the mobile apps)
-        /// instead of as text.
-        #[arg(long)]
-        qr: bool,
-        /// Write the config as a QR code PNG (mode 0600: it holds the private key).
-        #[arg(long, value_name = "FILE")]
-        qr_png: Option<PathBuf>,
+        #[command(flatten)]
+        to: ConfigOutputs,
     },
     /// List a network's clients: name, address, public key, status.
     List {
         /// The network.
         network: String,
     },
-    /// Show a client; --config prints its wg-quick config again.
+    /// Show a client; --config (or --qr, --qr-png) gives its credentials again: the
+    /// same wg-quick config `client add` gave, while the client is active.
     Show {
         /// The network.
         network: String,
         /// The client.
         name: String,
-        /// Print the client's wg-quick config (with its private key) instead.
+        /// Print the client's wg-quick config (with its private key) instead; --qr
+        /// and --qr-png imply it.
         #[arg(long)]
         config: bool,
+        #[command(flatten)]
+        to: ConfigOutputs,
     },
     /// Revoke a client. Once a payload was printed, its address returns to the pool
     /// only when the revocation is published (`cloudpipe publish NETWORK --done`);
@@ -261,6 +260,21 @@ pub enum ClientCmd {
         /// The client.
         name: String,
     },
+}
+
+/// The QR code forms of a client config, for the mobile apps.
+#[derive(Args, Debug)]
+pub struct ConfigOutputs {
+    /// Print the config as a QR code in the terminal instead of as text.
+    #[arg(long)]
+    pub qr: bool,
+    /// Write the config as a QR code PNG (mode 0600: it holds the private key).
+    #[arg(long, value_name = "FILE")]
+    pub qr_png: Option<PathBuf>,
+    /// Replace an existing --output or --qr-png file (else that is an error, and
+    /// nothing changes).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args, Debug)]

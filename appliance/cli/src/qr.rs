@@ -3,7 +3,6 @@
 
 use anyhow::{Context, Result};
 use qrcode::{Color, QrCode};
-use std::path::Path;
 
 /// Quiet zone around the code, in modules (the QR standard asks for 4).
 const QUIET: usize = 4;
@@ -57,8 +56,8 @@ pub fn terminal(text: &str) -> Result<String> {
     Ok(out)
 }
 
-/// The config as a grayscale PNG.
-pub fn png(text: &str, path: &Path) -> Result<()> {
+/// The config as a grayscale PNG file's bytes.
+pub fn png(text: &str) -> Result<Vec<u8>> {
     let (size, g) = grid(&code(text)?);
     let px = size * PNG_SCALE;
     let mut data = vec![0u8; px * px];
@@ -76,7 +75,7 @@ pub fn png(text: &str, path: &Path) -> Result<()> {
         let mut w = enc.write_header()?;
         w.write_image_data(&data)?;
     }
-    crate::state::write_atomic(path, &bytes, 0o600)
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -144,17 +143,14 @@ mod tests {
 
     #[test]
     fn png_scans_back_to_the_config() {
-        let p = std::env::temp_dir().join(format!("cp-qr-scan-{}.png", std::process::id()));
-        png(CONFIG, &p).unwrap();
-        let decoder =
-            ::png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&p).unwrap()));
+        let bytes = png(CONFIG).unwrap();
+        let decoder = ::png::Decoder::new(std::io::Cursor::new(bytes));
         let mut reader = decoder.read_info().unwrap();
         let mut buf = vec![0; reader.output_buffer_size()];
         let info = reader.next_frame(&mut buf).unwrap();
         assert_eq!(info.color_type, ::png::ColorType::Grayscale);
         let (w, h) = (info.width as usize, info.height as usize);
         assert_eq!(scan(w, h, |x, y| buf[y * w + x]), CONFIG);
-        std::fs::remove_file(p).unwrap();
     }
 
     #[test]
@@ -193,12 +189,9 @@ mod tests {
 
     #[test]
     fn png_has_the_signature_and_size() {
-        let p = std::env::temp_dir().join(format!("cp-qr-{}.png", std::process::id()));
-        png("hello", &p).unwrap();
-        let b = std::fs::read(&p).unwrap();
+        let b = png("hello").unwrap();
         assert_eq!(&b[..8], b"\x89PNG\r\n\x1a\n");
         let w = u32::from_be_bytes(b[16..20].try_into().unwrap()) as usize;
         assert_eq!(w % PNG_SCALE, 0);
-        std::fs::remove_file(p).unwrap();
     }
 }

@@ -1649,3 +1649,195 @@ fn status_port_and_endpoint_travel_in_the_payload() {
     plain.create(&[]);
     assert!(!plain.ok(&["openstack", "net1"]).contains("--protocol tcp"));
 }
+
+/// What a new user types first, and the errors that say what is wrong and how to
+/// write it instead.
+#[test]
+fn create_mistakes_are_named_with_the_fix() {
+    let s = State::new("mistakes");
+    let e = s.fails(&["network", "create", "n", "--cidr", "10.20.30.0"]);
+    assert!(
+        e.contains("prefix length is missing") && e.contains("10.20.30.0/24"),
+        "{e}"
+    );
+    let e = s.fails(&[
+        "network",
+        "create",
+        "n",
+        "--cidr",
+        "10.20.30.0/24",
+        "--clients",
+        "0",
+    ]);
+    assert!(
+        e.contains("--clients: a pool holds at least 1 client"),
+        "{e}"
+    );
+    let e = s.fails(&[
+        "network",
+        "create",
+        "n",
+        "--cidr",
+        "10.20.30.0/24",
+        "--endpoint",
+        "https://vpn.example.com",
+    ]);
+    assert!(
+        e.contains("is a URL")
+            && e.contains("host name or address")
+            && e.contains("\"vpn.example.com\""),
+        "{e}"
+    );
+    assert!(s.ok(&["network", "list"]).is_empty(), "nothing was created");
+    s.create(&[]);
+    let e = s.fails(&["network", "set-endpoint", "net1", "udp://203.0.113.9:1194"]);
+    assert!(
+        e.contains("is a URL") && e.contains("203.0.113.9:1194"),
+        "{e}"
+    );
+}
+
+/// `--output` and `--qr-png` never replace a file unless --force, and a refusal
+/// adds nothing.
+#[test]
+fn output_files_are_replaced_only_with_force() {
+    let s = State::new("force");
+    s.create(&[]);
+    let conf = s.0.join("bob.conf");
+    let png = s.0.join("bob.png");
+    for (flag, path) in [("--output", &conf), ("--qr-png", &png)] {
+        std::fs::write(path, b"keep me").unwrap();
+        let e = s.fails(&["client", "add", "net1", "bob", flag, path.to_str().unwrap()]);
+        assert!(
+            e.contains(&path.display().to_string()) && e.contains("--force"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(path).unwrap(), b"keep me");
+        assert!(
+            s.ok(&["client", "list", "net1"]).is_empty(),
+            "bob was added"
+        );
+    }
+    s.ok(&[
+        "client",
+        "add",
+        "net1",
+        "bob",
+        "--output",
+        conf.to_str().unwrap(),
+        "--qr-png",
+        png.to_str().unwrap(),
+        "--force",
+    ]);
+    assert_eq!(
+        value(&std::fs::read_to_string(&conf).unwrap(), "Address"),
+        "10.0.0.250/32"
+    );
+    assert_eq!(&std::fs::read(&png).unwrap()[..4], b"\x89PNG");
+    assert_eq!(mode(&conf), 0o600);
+    assert_eq!(mode(&png), 0o600);
+}
+
+/// `--encoding zip` to a terminal is refused (binary), as the help says; to a pipe
+/// it is written. The terminal is a real pseudo-terminal (util-linux `script`).
+#[test]
+fn zip_payload_is_refused_on_a_terminal() {
+    let s = State::new("tty");
+    s.create(&[]);
+    let cmd = format!(
+        "{} --state-dir {} payload net1 --encoding zip",
+        env!("CARGO_BIN_EXE_cloudpipe"),
+        s.0.display()
+    );
+    let o = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let seen = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{seen}");
+    assert!(seen.contains("binary: use --output FILE"), "{seen}");
+    assert!(!seen.contains("PK"), "zip bytes reached the terminal");
+    assert!(!s.0.join("net1/baseline.json").exists());
+    let piped = s.run(&["payload", "net1", "--encoding", "zip"]);
+    assert!(piped.status.success());
+    assert_eq!(&piped.stdout[..2], b"PK");
+}
+
+/// Read the QR code in a PNG back, as a phone's scanner would.
+fn scan_png(bytes: &[u8]) -> String {
+    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let (w, h) = (info.width as usize, info.height as usize);
+    let mut img = rqrr::PreparedImage::prepare_from_greyscale(w, h, |x, y| buf[y * w + x]);
+    let grids = img.detect_grids();
+    assert_eq!(grids.len(), 1, "one QR code");
+    grids[0].decode().expect("the QR code decodes").1
+}
+
+/// The blueprint's "retrieve credentials": the config again, as text, terminal QR
+/// code or PNG, while the client is active.
+#[test]
+fn client_show_gives_the_credentials_again() {
+    let s = State::new("again");
+    s.create(&[]);
+    let conf = s.ok(&["client", "add", "net1", "alice"]);
+    assert_eq!(s.ok(&["client", "show", "net1", "alice", "--config"]), conf);
+    let qr = s.ok(&["client", "show", "net1", "alice", "--qr"]);
+    assert!(qr.contains('█') && !qr.contains("PrivateKey"), "{qr}");
+    let png = s.0.join("alice.png");
+    s.ok(&[
+        "client",
+        "show",
+        "net1",
+        "alice",
+        "--qr-png",
+        png.to_str().unwrap(),
+    ]);
+    assert_eq!(scan_png(&std::fs::read(&png).unwrap()), conf);
+    assert_eq!(mode(&png), 0o600);
+    s.ok(&["client", "revoke", "net1", "alice"]);
+    for flag in ["--config", "--qr"] {
+        let e = s.fails(&["client", "show", "net1", "alice", flag]);
+        assert!(e.contains("revoked"), "{e}");
+    }
+}
+
+/// Not root, no state directory of one's own: the error names --state-dir and
+/// CLOUDPIPE_STATE_DIR instead of a bare "Permission denied". Root only (it runs the
+/// CLI as nobody with setpriv).
+#[test]
+fn a_user_without_a_writable_state_dir_is_told_where_to_keep_state() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to run the CLI as another user");
+        return;
+    }
+    let s = State::new("perm");
+    // Root's, 0700: nobody can neither create it nor write into it.
+    std::fs::create_dir_all(&s.0).unwrap();
+    std::fs::set_permissions(&s.0, std::fs::Permissions::from_mode(0o700)).unwrap();
+    for dir in [s.0.clone(), s.0.join("inner")] {
+        let o = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                env!("CARGO_BIN_EXE_cloudpipe"),
+                "network",
+                "list",
+            ])
+            .env("CLOUDPIPE_STATE_DIR", &dir)
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{e}");
+        assert!(
+            e.contains(&dir.display().to_string())
+                && e.contains("--state-dir")
+                && e.contains("CLOUDPIPE_STATE_DIR"),
+            "{e}"
+        );
+    }
+}

@@ -2,7 +2,7 @@
 
 use super::network::status_text;
 use super::{open, publish};
-use crate::cli::ClientCmd;
+use crate::cli::{ClientCmd, ConfigOutputs};
 use crate::model::{ClientFile, Network, Status};
 use crate::qr;
 use crate::state::{self, StateDir};
@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use cloudpipe_core::client_config::ClientConfig;
 use cloudpipe_core::config::check_name;
 use cloudpipe_core::keys::{PresharedKey, PrivateKey};
+use std::path::{Path, PathBuf};
 
 pub fn run(state: &StateDir, cmd: ClientCmd) -> Result<()> {
     match cmd {
@@ -17,9 +18,10 @@ pub fn run(state: &StateDir, cmd: ClientCmd) -> Result<()> {
             network,
             name,
             output,
-            qr: want_qr,
-            qr_png,
+            to,
         } => {
+            let outputs = Outputs { file: output, to };
+            outputs.check()?;
             let mut net = open(state, &network)?;
             check_name(&name).map_err(|r| anyhow::anyhow!("client name {name:?}: {r}"))?;
             match net.clients.iter().find(|c| c.name == name) {
@@ -58,7 +60,7 @@ pub fn run(state: &StateDir, cmd: ClientCmd) -> Result<()> {
             let text =
                 ClientConfig::for_network(&config, address, key, Some(psk), endpoint).render();
             net.clients.push(client);
-            emit(&text, output.as_deref(), want_qr, qr_png.as_deref()).with_context(|| {
+            outputs.emit(&text).with_context(|| {
                 format!(
                     "client {name} was added with address {address}; print its config again with \
                      `cloudpipe client show {network} {name} --config`"
@@ -84,10 +86,13 @@ pub fn run(state: &StateDir, cmd: ClientCmd) -> Result<()> {
             network,
             name,
             config,
+            to,
         } => {
+            let outputs = Outputs { file: None, to };
+            outputs.check()?;
             let net = open(state, &network)?;
             let c = net.client(&name)?;
-            if config {
+            if config || outputs.to.qr || outputs.to.qr_png.is_some() {
                 if c.status != Status::Active {
                     bail!("client {name:?} is revoked");
                 }
@@ -99,7 +104,7 @@ pub fn run(state: &StateDir, cmd: ClientCmd) -> Result<()> {
                     endpoint(&net)?,
                 )
                 .render();
-                stdout(&text)?;
+                outputs.emit(&text)?;
             } else {
                 println!("name:       {}", c.name);
                 println!("address:    {}", c.address);
@@ -172,28 +177,49 @@ fn stdout(text: &str) -> Result<()> {
         .context("writing to standard output")
 }
 
-/// Print or write a client config (and its QR codes).
-fn emit(
-    text: &str,
-    output: Option<&std::path::Path>,
-    want_qr: bool,
-    qr_png: Option<&std::path::Path>,
-) -> Result<()> {
-    if let Some(path) = qr_png {
-        qr::png(text, path)?;
-        eprintln!("wrote QR code to {}", path.display());
-    }
-    match output {
-        Some(path) => {
-            state::write_atomic(path, text.as_bytes(), 0o600)?;
-            eprintln!("wrote config to {} (mode 0600)", path.display());
+/// Where a client config goes: standard output, a file, QR codes.
+struct Outputs {
+    file: Option<PathBuf>,
+    to: ConfigOutputs,
+}
+
+impl Outputs {
+    /// Refuse, before anything changes, to replace a file without --force.
+    fn check(&self) -> Result<()> {
+        for path in [&self.file, &self.to.qr_png].into_iter().flatten() {
+            if !self.to.force && path.symlink_metadata().is_ok() {
+                return Err(state::exists_error(path));
+            }
         }
-        // With --qr the code replaces the text on standard output.
-        None if !want_qr => stdout(text)?,
-        None => {}
+        Ok(())
     }
-    if want_qr {
-        stdout(&qr::terminal(text)?)?;
+
+    fn write(&self, path: &Path, bytes: &[u8]) -> Result<()> {
+        if self.to.force {
+            state::write_atomic(path, bytes, 0o600)
+        } else {
+            state::write_new(path, bytes, 0o600)
+        }
     }
-    Ok(())
+
+    /// Print or write the config (and its QR codes).
+    fn emit(&self, text: &str) -> Result<()> {
+        if let Some(path) = &self.to.qr_png {
+            self.write(path, &qr::png(text)?)?;
+            eprintln!("wrote QR code to {}", path.display());
+        }
+        match &self.file {
+            Some(path) => {
+                self.write(path, text.as_bytes())?;
+                eprintln!("wrote config to {} (mode 0600)", path.display());
+            }
+            // With --qr the code replaces the text on standard output.
+            None if !self.to.qr => stdout(text)?,
+            None => {}
+        }
+        if self.to.qr {
+            stdout(&qr::terminal(text)?)?;
+        }
+        Ok(())
+    }
 }

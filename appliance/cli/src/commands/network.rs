@@ -255,6 +255,23 @@ pub fn normalize_endpoint(endpoint: &str, default_port: u16) -> Result<String> {
     if e.is_empty() || e.contains(char::is_whitespace) {
         bail!("endpoint {endpoint:?}: expected HOST[:PORT]");
     }
+    if let Some((_, rest)) = e.split_once("://") {
+        let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        bail!(
+            "endpoint {endpoint:?} is a URL: expected a host name or address, HOST[:PORT] \
+             (WireGuard speaks UDP, not HTTP), e.g. {:?}",
+            if host.is_empty() {
+                "vpn.example.com"
+            } else {
+                host
+            }
+        );
+    }
+    if e.contains('/') {
+        bail!(
+            "endpoint {endpoint:?}: expected a host name or address, HOST[:PORT], without a path"
+        );
+    }
     if let Some(rest) = e.strip_prefix('[') {
         // [IPv6]:port or [IPv6]
         let (host, tail) = rest.split_once(']').context("endpoint: unclosed '['")?;
@@ -280,9 +297,22 @@ fn parse_port(p: &str) -> Result<u16> {
     }
 }
 
+/// `--cidr`: a subnet with its prefix length (a bare address would be a /32, which
+/// holds no clients).
+fn parse_subnet(cidr: &str) -> Result<ipnetwork::Ipv4Network> {
+    if !cidr.contains('/') {
+        bail!(
+            "--cidr {cidr:?}: the prefix length is missing: give the subnet as ADDRESS/PREFIX, \
+             e.g. {}/24",
+            cidr.trim()
+        );
+    }
+    parse_cidr(cidr).map_err(|e| anyhow::anyhow!("--cidr: {e}"))
+}
+
 fn create(state: &StateDir, name: &str, o: &NetworkOptions, origin: Origin) -> Result<()> {
     check_name(name).map_err(|r| anyhow::anyhow!("network name {name:?}: {r}"))?;
-    let subnet = parse_cidr(&o.cidr).map_err(|e| anyhow::anyhow!("--cidr: {e}"))?;
+    let subnet = parse_subnet(&o.cidr)?;
     let mtu = tunnel_mtu(o.mtu)
         .filter(|_| o.mtu <= MAX_MTU)
         .ok_or_else(|| {
@@ -494,5 +524,12 @@ mod tests {
         assert!(normalize_endpoint("host:0", 1194).is_err());
         assert!(normalize_endpoint("host:x", 1194).is_err());
         assert!(normalize_endpoint("", 1194).is_err());
+        let e = normalize_endpoint("https://vpn.example.com/wg", 1194).unwrap_err();
+        assert!(
+            e.to_string().contains("is a URL") && e.to_string().contains("\"vpn.example.com\""),
+            "{e}"
+        );
+        let e = normalize_endpoint("vpn.example.com/wg", 1194).unwrap_err();
+        assert!(e.to_string().contains("without a path"), "{e}");
     }
 }
