@@ -100,6 +100,39 @@ fn value<'a>(conf: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("{key} missing in\n{conf}"))
 }
 
+/// A table's cells, cut where the header's words start: so a value shifted out of
+/// its column, or a missing header, fails the comparison.
+fn columns(table: &str) -> Vec<Vec<String>> {
+    let mut lines = table.lines();
+    let header = lines.next().unwrap_or_default();
+    let mut starts = vec![0];
+    let b = header.as_bytes();
+    for i in 1..b.len() {
+        // A column starts after two spaces (one space may be inside a header).
+        if b[i] != b' ' && i >= 2 && b[i - 1] == b' ' && b[i - 2] == b' ' {
+            starts.push(i);
+        }
+    }
+    std::iter::once(header)
+        .chain(lines)
+        .map(|l| {
+            starts
+                .iter()
+                .enumerate()
+                .map(|(k, &a)| {
+                    let z = starts.get(k + 1).copied().unwrap_or(l.len()).min(l.len());
+                    let cell = l.get(a.min(l.len())..z).unwrap_or_default();
+                    assert!(
+                        a == 0 || l.as_bytes().get(a - 1).is_none_or(|c| *c == b' '),
+                        "a cell runs into column {k} of:\n{table}"
+                    );
+                    cell.trim().to_string()
+                })
+                .collect()
+        })
+        .collect()
+}
+
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
 }
@@ -119,8 +152,18 @@ fn network_lifecycle() {
         .fails(&["network", "create", "net1", "--cidr", "10.0.0.0/24"])
         .contains("already exists"));
     let list = s.ok(&["network", "list"]);
-    assert!(
-        list.starts_with("net1\t10.0.0.0/24\t10.0.0.2\t0/3 clients\t198.51.100.7:1194"),
+    assert_eq!(
+        columns(&list),
+        [
+            ["NETWORK", "SUBNET", "APPLIANCE", "CLIENTS", "ENDPOINT"],
+            [
+                "net1",
+                "10.0.0.0/24",
+                "10.0.0.2",
+                "0 of 3",
+                "198.51.100.7:1194"
+            ]
+        ],
         "{list}"
     );
     let show = s.ok(&["network", "show", "net1"]);
@@ -473,7 +516,7 @@ fn import_nova_payload() {
     s.ok(&["payload", "old", "--output", p.to_str().unwrap()]);
     assert!(s
         .ok(&["payload", "inspect", p.to_str().unwrap()])
-        .contains("valid: yes (1 clients"));
+        .contains("valid: yes (1 client;"));
     let e = s.fails(&[
         "network",
         "import-nova",
@@ -550,9 +593,16 @@ fn state_dir_flag_anywhere_and_from_the_environment() {
         String::from_utf8(o.stdout).unwrap()
     };
     let dir = s.0.to_str().unwrap();
-    assert!(run(&["network", "list", "--state-dir", dir], None).starts_with("net1"));
-    assert!(run(&["--state-dir", dir, "network", "list"], None).starts_with("net1"));
-    assert!(run(&["network", "list"], Some(&s.0)).starts_with("net1"));
+    let first = |list: String| columns(&list)[1][0].clone();
+    assert_eq!(
+        first(run(&["network", "list", "--state-dir", dir], None)),
+        "net1"
+    );
+    assert_eq!(
+        first(run(&["--state-dir", dir, "network", "list"], None)),
+        "net1"
+    );
+    assert_eq!(first(run(&["network", "list"], Some(&s.0))), "net1");
 }
 
 #[test]
@@ -1159,10 +1209,7 @@ fn wg_setconf_accepts_the_stripped_config() {
     // is the one the network stored for alice.
     let own = String::from_utf8(ns.wg(&["show", &ns.iface, "public-key"]).stdout).unwrap();
     let listed = s.ok(&["client", "list", "net1"]);
-    assert!(
-        listed.contains(&format!("\t{}\t", own.trim())),
-        "{own} not in\n{listed}"
-    );
+    assert_eq!(columns(&listed)[1][3], own.trim(), "{listed}");
 
     // The unstripped file is refused: it is a wg-quick file, not a wg one.
     let raw = s.0.join("alice.conf");
@@ -1258,7 +1305,7 @@ fn inspect_says_whether_the_payload_validates() {
         .unwrap();
     assert!(
         text.contains(&format!(
-            "valid: yes (1 clients; server public key {server_pub})"
+            "valid: yes (1 client; server public key {server_pub})"
         )),
         "{text}"
     );
@@ -1405,7 +1452,7 @@ fn list_shows_the_readable_networks_when_one_is_damaged() {
     assert_eq!(o.status.code(), Some(1));
     let out = String::from_utf8(o.stdout).unwrap();
     let err = String::from_utf8(o.stderr).unwrap();
-    assert!(out.starts_with("net2\t10.0.1.0/24"), "{out}");
+    assert_eq!(columns(&out)[1][..2], ["net2", "10.0.1.0/24"], "{out}");
     assert!(err.contains("network net1: parsing"), "{err}");
 }
 
@@ -1456,7 +1503,7 @@ fn crash_leftovers_are_ignored() {
     std::fs::write(s.0.join("net1/clients/.alice.json.tmp.999"), b"{ half").unwrap();
     let conf = s.ok(&["client", "add", "net1", "alice"]);
     assert_eq!(value(&conf, "Address"), "10.0.0.250/32");
-    assert!(s.ok(&["network", "list"]).starts_with("net1\t"));
+    assert_eq!(columns(&s.ok(&["network", "list"]))[1][0], "net1");
 }
 
 #[test]
@@ -1593,16 +1640,16 @@ fn client_lifecycles_follow_the_naive_model() {
         }
         // The stored clients are the model's.
         let listed = s.ok(&["client", "list", "net1"]);
-        let mut got: Vec<(String, String, St)> = listed
-            .lines()
-            .map(|l| {
-                let f: Vec<&str> = l.split('\t').collect();
-                let st = match f[3] {
+        let mut got: Vec<(String, String, St)> = columns(&listed)
+            .into_iter()
+            .skip(1)
+            .map(|f| {
+                let st = match f[2].as_str() {
                     "active" => St::Active,
                     "revoked" => St::Released,
                     _ => St::Held,
                 };
-                (f[0].to_string(), f[1].to_string(), st)
+                (f[0].clone(), f[1].clone(), st)
             })
             .collect();
         got.sort();
@@ -1840,4 +1887,153 @@ fn a_user_without_a_writable_state_dir_is_told_where_to_keep_state() {
             "{e}"
         );
     }
+}
+
+/// Lists have a header and aligned columns; every count agrees in number.
+#[test]
+fn lists_have_headers_aligned_columns_and_counts_that_agree() {
+    let s = State::new("lists");
+    let o = s.run(&[
+        "network",
+        "create",
+        "net1",
+        "--cidr",
+        "10.0.0.0/24",
+        "--clients",
+        "2",
+        "--endpoint",
+        "vpn",
+    ]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("(2 clients)"));
+    let o = s.run(&[
+        "network",
+        "create",
+        "a-longer-name",
+        "--cidr",
+        "10.0.1.0/24",
+        "--clients",
+        "1",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("(1 client)"),
+        "{o:?}"
+    );
+    let show = s.ok(&["network", "show", "a-longer-name"]);
+    assert!(show.contains("10.0.1.254-10.0.1.254 (1 address)"), "{show}");
+    let list = s.ok(&["network", "list"]);
+    assert_eq!(
+        columns(&list),
+        [
+            ["NETWORK", "SUBNET", "APPLIANCE", "CLIENTS", "ENDPOINT"],
+            [
+                "a-longer-name",
+                "10.0.1.0/24",
+                "10.0.1.2",
+                "0 of 1",
+                "(none)"
+            ],
+            ["net1", "10.0.0.0/24", "10.0.0.2", "0 of 2", "vpn:1194"],
+        ],
+        "{list}"
+    );
+
+    let alice = s.ok(&["client", "add", "net1", "alice-with-a-long-name"]);
+    s.ok(&["client", "add", "net1", "bob"]);
+    let list = s.ok(&["client", "list", "net1"]);
+    let rows = columns(&list);
+    let first3: Vec<&[String]> = rows.iter().map(|r| &r[..3]).collect();
+    assert_eq!(
+        first3,
+        [
+            ["NAME", "ADDRESS", "STATUS"],
+            ["alice-with-a-long-name", "10.0.0.253", "active"],
+            ["bob", "10.0.0.254", "active"],
+        ],
+        "{list}"
+    );
+    assert_eq!(rows[0][3], "PUBLIC KEY");
+    let shown = s.ok(&["client", "show", "net1", "bob"]);
+    assert!(
+        shown.contains(&format!("public key: {}\n", rows[2][3])),
+        "{list}"
+    );
+    assert!(!list.contains('\t') && !list.contains(value(&alice, "PrivateKey")));
+
+    s.ok(&["client", "revoke", "net1", "bob"]);
+    let o = s.run(&["payload", "net1"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("payload for net1: 1 client,"),
+        "{o:?}"
+    );
+    s.ok(&["client", "revoke", "net1", "alice-with-a-long-name"]);
+    let o = s.run(&["publish", "net1", "--done"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("1 revoked address returned"),
+        "{o:?}"
+    );
+}
+
+/// wg-quick and the apps name the tunnel after the config file: the CLI suggests
+/// and writes only names they take (`[a-zA-Z0-9_=+.-]{1,15}` then `.conf`).
+#[test]
+fn config_file_names_work_as_interface_names() {
+    let s = State::new("ifname");
+    s.ok(&[
+        "network",
+        "create",
+        "a-network-name-of-31-characters",
+        "--cidr",
+        "10.0.0.0/24",
+        "--endpoint",
+        "vpn",
+    ]);
+    let net = "a-network-name-of-31-characters";
+    for bad in [
+        "a-network-name-of-31-characters.conf",
+        "alice@home.conf",
+        "alice.txt",
+    ] {
+        let path = s.0.join(bad);
+        let e = s.fails(&[
+            "client",
+            "add",
+            net,
+            "alice",
+            "--output",
+            path.to_str().unwrap(),
+        ]);
+        assert!(
+            e.contains("name the tunnel after the file")
+                && e.contains(&format!("{}.conf", s.0.join("a-network-name-").display())),
+            "{e}"
+        );
+        assert!(!path.exists());
+    }
+    assert!(
+        s.ok(&["client", "list", net]).is_empty(),
+        "nothing was added"
+    );
+    let o = s.run(&["client", "add", net, "alice"]);
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        said.contains("save the config as a-network-name-.conf"),
+        "{said}"
+    );
+    let ok = s.0.join("a-network-name-.conf");
+    s.ok(&[
+        "client",
+        "add",
+        net,
+        "bob",
+        "--output",
+        ok.to_str().unwrap(),
+    ]);
+    // wg-quick itself takes the name (it parses the file before any interface work;
+    // `strip` does only that).
+    let o = Command::new("wg-quick")
+        .arg("strip")
+        .arg(&ok)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }

@@ -12,6 +12,36 @@ use std::net::Ipv4Addr;
 /// the value WireGuard's documentation recommends.
 pub const PERSISTENT_KEEPALIVE: u16 = 25;
 
+/// Longest interface name Linux takes: IFNAMSIZ (16) less the terminating NUL.
+pub const MAX_INTERFACE_NAME: usize = 15;
+
+/// Whether `name` works as a WireGuard interface name: wg-quick takes the interface
+/// name from the config's file name and accepts `[a-zA-Z0-9_=+.-]{1,15}` (its own
+/// check), and the mobile apps name the tunnel after the file by the same rule.
+pub fn is_interface_name(name: &str) -> bool {
+    (1..=MAX_INTERFACE_NAME).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_=+.-".contains(&b))
+}
+
+/// The interface (and config file) name to suggest for a tunnel to these networks:
+/// their names joined by `+`, cut to [`MAX_INTERFACE_NAME`] characters. Network
+/// names are already made of allowed characters.
+pub fn suggested_interface_name<S: AsRef<str>>(networks: &[S]) -> String {
+    let joined: Vec<&str> = networks.iter().map(AsRef::as_ref).collect();
+    let mut name: String = joined
+        .join("+")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "_=+.-".contains(*c))
+        .take(MAX_INTERFACE_NAME)
+        .collect();
+    if name.is_empty() {
+        name = "cloudpipe".into();
+    }
+    name
+}
+
 /// Everything one client's config holds.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -309,6 +339,22 @@ AllowedIPs = 0.0.0.0/0
             endpoint_route("vpn.example.org:1194", &nets),
             EndpointRoute::Name("vpn.example.org".into())
         );
+    }
+
+    #[test]
+    fn interface_names_follow_wg_quick() {
+        for ok in ["wg0", "net1", "web+db", "a_b=c.d-e", "fifteen-chars-x"] {
+            assert!(is_interface_name(ok), "{ok}");
+        }
+        for bad in ["", "sixteen-chars-xx", "a b", "a@b", "a/b", "ünï"] {
+            assert!(!is_interface_name(bad), "{bad}");
+        }
+        assert_eq!(suggested_interface_name(&["net1"]), "net1");
+        assert_eq!(suggested_interface_name(&["web", "db"]), "web+db");
+        let long = suggested_interface_name(&["a-network-name-of-31-characters"]);
+        assert_eq!(long, "a-network-name-");
+        assert!(is_interface_name(&long));
+        assert!(is_interface_name(&suggested_interface_name::<&str>(&[])));
     }
 
     #[test]

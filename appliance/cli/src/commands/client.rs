@@ -1,13 +1,13 @@
 //! `cloudpipe client ...`: add, list, show, revoke.
 
 use super::network::status_text;
-use super::{open, publish};
+use super::{count, open, publish, table};
 use crate::cli::{ClientCmd, ConfigOutputs};
 use crate::model::{ClientFile, Network, Status};
 use crate::qr;
 use crate::state::{self, StateDir};
 use anyhow::{bail, Context, Result};
-use cloudpipe_core::client_config::ClientConfig;
+use cloudpipe_core::client_config::{self, ClientConfig};
 use cloudpipe_core::config::check_name;
 use cloudpipe_core::keys::{PresharedKey, PrivateKey};
 use std::path::{Path, PathBuf};
@@ -21,7 +21,7 @@ pub fn run(state: &StateDir, cmd: ClientCmd) -> Result<()> {
             to,
         } => {
             let outputs = Outputs { file: output, to };
-            outputs.check()?;
+            outputs.check(&[network.as_str()])?;
             let mut net = open(state, &network)?;
             check_name(&name).map_err(|r| anyhow::anyhow!("client name {name:?}: {r}"))?;
             match net.clients.iter().find(|c| c.name == name) {
@@ -36,10 +36,10 @@ pub fn run(state: &StateDir, cmd: ClientCmd) -> Result<()> {
             let config = net.config()?;
             let address = config.pool.next_free(&net.used_addresses()).with_context(|| {
                 format!(
-                    "the pool {}-{} of network {network:?} is full ({} addresses); revoke a client and publish, or create the network with more --clients",
+                    "the pool {}-{} of network {network:?} is full ({}); revoke a client and publish, or create the network with more --clients",
                     config.pool.first(),
                     config.pool.last(),
-                    config.pool.len()
+                    count(config.pool.len() as usize, "address", "addresses")
                 )
             })?;
             let key = PrivateKey::generate(&mut rand_core::OsRng);
@@ -67,18 +67,34 @@ pub fn run(state: &StateDir, cmd: ClientCmd) -> Result<()> {
                 )
             })?;
             eprintln!("added client {name} with address {address}");
+            if outputs.file.is_none() && !outputs.to.qr {
+                eprintln!(
+                    "save the config as {}.conf: wg-quick and the WireGuard apps name the tunnel after the file",
+                    client_config::suggested_interface_name(&[network.as_str()])
+                );
+            }
             publish::hint(&net)
         }
         ClientCmd::List { network } => {
             let net = open(state, &network)?;
-            for c in &net.clients {
-                println!(
-                    "{}\t{}\t{}\t{}",
-                    c.name,
-                    c.address,
-                    c.public_key,
-                    status_text(c.status)
+            let rows: Vec<Vec<String>> = net
+                .clients
+                .iter()
+                .map(|c| {
+                    vec![
+                        c.name.clone(),
+                        c.address.to_string(),
+                        status_text(c.status).to_string(),
+                        c.public_key.clone(),
+                    ]
+                })
+                .collect();
+            if rows.is_empty() {
+                eprintln!(
+                    "no clients in network {network} yet: add one with `cloudpipe client add {network} NAME`"
                 );
+            } else {
+                stdout(&table(&["NAME", "ADDRESS", "STATUS", "PUBLIC KEY"], &rows)?)?;
             }
             Ok(())
         }
@@ -89,7 +105,7 @@ pub fn run(state: &StateDir, cmd: ClientCmd) -> Result<()> {
             to,
         } => {
             let outputs = Outputs { file: None, to };
-            outputs.check()?;
+            outputs.check(&[network.as_str()])?;
             let net = open(state, &network)?;
             let c = net.client(&name)?;
             if config || outputs.to.qr || outputs.to.qr_png.is_some() {
@@ -184,8 +200,27 @@ struct Outputs {
 }
 
 impl Outputs {
-    /// Refuse, before anything changes, to replace a file without --force.
-    fn check(&self) -> Result<()> {
+    /// Refuse, before anything changes, a config file name wg-quick cannot use, and
+    /// to replace a file without --force.
+    fn check(&self, networks: &[&str]) -> Result<()> {
+        if let Some(path) = &self.file {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            let usable = name
+                .strip_suffix(".conf")
+                .is_some_and(client_config::is_interface_name);
+            if !usable {
+                let dir = path.parent().map(|d| d.join("")).unwrap_or_default();
+                bail!(
+                    "--output {}: wg-quick and the WireGuard apps name the tunnel after the \
+                     file, so it must be NAME.conf with NAME 1-{} characters of A-Z a-z 0-9 \
+                     _ = + . - (e.g. {}{}.conf)",
+                    path.display(),
+                    client_config::MAX_INTERFACE_NAME,
+                    dir.display(),
+                    client_config::suggested_interface_name(networks)
+                );
+            }
+        }
         for path in [&self.file, &self.to.qr_png].into_iter().flatten() {
             if !self.to.force && path.symlink_metadata().is_ok() {
                 return Err(state::exists_error(path));

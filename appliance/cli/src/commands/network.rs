@@ -1,7 +1,7 @@
 //! `cloudpipe network ...`: create (or import from Nova), list, show, set-endpoint,
 //! delete.
 
-use super::{open, read_payload};
+use super::{count, open, read_payload, table};
 use crate::cli::{NetworkCmd, NetworkOptions};
 use crate::model::{build_config, server_key_path, Network, NetworkFile, Status};
 use crate::state::{self, StateDir};
@@ -32,31 +32,48 @@ pub fn run(state: &StateDir, cmd: NetworkCmd) -> Result<()> {
             let _lock = state.lock()?;
             // One unreadable network does not hide the others.
             let mut unreadable = 0;
+            let mut rows = Vec::new();
             for name in state.networks()? {
-                let line = Network::open(state.network_dir(&name)).and_then(|net| {
+                let row = Network::open(state.network_dir(&name)).and_then(|net| {
                     let active = net
                         .clients
                         .iter()
                         .filter(|c| c.status == Status::Active)
                         .count();
-                    Ok(format!(
-                        "{name}\t{}\t{}\t{active}/{} clients\t{}",
-                        net.file.cidr,
-                        net.file.address,
-                        net.config()?.pool.len(),
-                        net.file.endpoint.as_deref().unwrap_or("(no endpoint)")
-                    ))
+                    Ok(vec![
+                        name.clone(),
+                        net.file.cidr.clone(),
+                        net.file.address.to_string(),
+                        format!("{active} of {}", net.config()?.pool.len()),
+                        net.file.endpoint.clone().unwrap_or_else(|| "(none)".into()),
+                    ])
                 });
-                match line {
-                    Ok(line) => println!("{line}"),
+                match row {
+                    Ok(row) => rows.push(row),
                     Err(e) => {
                         eprintln!("cloudpipe: network {name}: {e:#}");
                         unreadable += 1;
                     }
                 }
             }
+            if rows.is_empty() && unreadable == 0 {
+                eprintln!(
+                    "no networks yet: create one with `cloudpipe network create NAME --cidr SUBNET --endpoint FLOATING_IP`"
+                );
+            } else if !rows.is_empty() {
+                print!(
+                    "{}",
+                    table(
+                        &["NETWORK", "SUBNET", "APPLIANCE", "CLIENTS", "ENDPOINT"],
+                        &rows
+                    )?
+                );
+            }
             if unreadable > 0 {
-                bail!("{unreadable} network(s) could not be read");
+                bail!(
+                    "{} could not be read",
+                    count(unreadable, "network", "networks")
+                );
             }
             Ok(())
         }
@@ -239,8 +256,12 @@ fn import_nova(
     };
     create(state, name, &opts, Origin::ImportNova)?;
     eprintln!(
-        "imported from Nova's payload: {why} clients, routes {:?}, client-to-client on",
-        opts.routes
+        "imported from Nova's payload: clients {why}, routes {}, client-to-client on",
+        if opts.routes.is_empty() {
+            "none".to_string()
+        } else {
+            opts.routes.join(", ")
+        }
     );
     Ok(())
 }
@@ -401,11 +422,11 @@ fn create(state: &StateDir, name: &str, o: &NetworkOptions, origin: Origin) -> R
     // network.json is written last: it is what makes the network exist.
     state::write_json(&dir.join("network.json"), &file, 0o600)?;
     eprintln!(
-        "created network {name}: {} gateway {gateway}, appliance {address}, pool {}-{} ({} clients)",
+        "created network {name}: {} gateway {gateway}, appliance {address}, pool {}-{} ({})",
         file.cidr,
         pool.first(),
         pool.last(),
-        pool.len()
+        count(pool.len() as usize, "client", "clients")
     );
     eprintln!(
         "clients get MTU {mtu}, for a tenant network of MTU {} (read it with \
@@ -439,10 +460,10 @@ fn show(net: &Network) -> Result<()> {
         None => println!("mtu:              {}", f.mtu),
     }
     println!(
-        "pool:             {}-{} ({} addresses)",
+        "pool:             {}-{} ({})",
         config.pool.first(),
         config.pool.last(),
-        config.pool.len()
+        count(config.pool.len() as usize, "address", "addresses")
     );
     let routes: Vec<String> = config
         .client_allowed_ips()
