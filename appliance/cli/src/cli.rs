@@ -222,17 +222,27 @@ pub enum ClientCmd {
     /// standard output. The client's keys are kept (mode 0600) so `client show
     /// --config` can print the config again.
     Add {
-        /// The network (see `cloudpipe network list`).
+        /// The network (see `cloudpipe network list`), or several separated by commas
+        /// (`web,db`): one tunnel, one key pair, a [Peer] for each appliance.
+        #[arg(value_name = "NETWORK[,NETWORK...]")]
         network: String,
         /// The client's name: 1-32 of A-Z a-z 0-9 . _ - (not starting with . or -).
+        /// A client of that name in other networks joins these with the same key, and
+        /// the config printed reaches all of its networks.
         name: String,
+        /// Register a public key made on the client's own device (`wg genkey | wg
+        /// pubkey`, or the WireGuard app) instead of making a key pair: the private key
+        /// never leaves the device, and the config printed has a placeholder for it.
+        #[arg(long, value_name = "KEY")]
+        public_key: Option<String>,
         /// Write the config to FILE (mode 0600) instead of standard output.
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
         #[command(flatten)]
         to: ConfigOutputs,
     },
-    /// List a network's clients: name, address, public key, status.
+    /// List a network's clients: name, address, status, the networks each is a client
+    /// of, public key.
     List {
         /// The network.
         network: String,

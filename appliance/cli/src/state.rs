@@ -5,7 +5,10 @@
 //! STATE/NET/.lock                held for the whole of any command on NET
 //! STATE/NET/network.json         the network (no secrets); written last on create
 //! STATE/NET/server.key           the appliance's private key (0600)
-//! STATE/NET/clients/NAME.json    one client, with its keys (0600)
+//! STATE/NET/clients/NAME.json    one client, with its keys (0600; no private key
+//!                                when it was made on the user's device); a client
+//!                                of several networks has a file in each, with the
+//!                                same key pair
 //! STATE/NET/baseline.json        public keys in the payload last printed (what the
 //!                                booted appliance knows)
 //! STATE/NET/published.json       instance properties last marked published

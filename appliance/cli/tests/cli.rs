@@ -1081,14 +1081,15 @@ struct WgNamespace {
 impl WgNamespace {
     /// Create the namespace and start wireguard-go in the foreground; return once
     /// it says its UAPI socket is listening (its own log line, not a timer).
-    fn start() -> WgNamespace {
+    /// `tag` (one letter) tells apart the tests of this process running at once.
+    fn start(tag: &str) -> WgNamespace {
         use std::io::BufRead;
         let pid = std::process::id();
         let mut me = WgNamespace {
-            ns: format!("cpcli-{pid}"),
+            ns: format!("cpcli-{pid}{tag}"),
             // UAPI sockets (/var/run/wireguard/IFACE.sock) are shared by every
             // namespace: the name must be unique on the machine.
-            iface: format!("cpw{pid}"),
+            iface: format!("cpw{pid}{tag}"),
             daemon: None,
         };
         let _ = std::fs::remove_file(me.socket());
@@ -1152,8 +1153,8 @@ impl Drop for WgNamespace {
 /// `wg setconf`, from Debian's wireguard-tools, accepts the stripped config on a
 /// wireguard-go interface in a namespace of our own, and the interface then holds
 /// the client's key pair and the server as its peer.
-#[test]
-fn wg_setconf_accepts_the_stripped_config() {
+/// Root and the WireGuard tools, or the test is skipped (saying why).
+fn can_run_wireguard(test: &str) -> bool {
     let have = |b: &str| {
         Command::new("sh")
             .args(["-c", &format!("command -v {b}")])
@@ -1161,13 +1162,19 @@ fn wg_setconf_accepts_the_stripped_config() {
             .is_ok_and(|o| o.status.success())
     };
     if !nix::unistd::geteuid().is_root() {
-        eprintln!(
-            "skipped wg_setconf_accepts_the_stripped_config: needs root (network namespaces)"
-        );
-        return;
+        eprintln!("skipped {test}: needs root (network namespaces)");
+        return false;
     }
     if let Some(missing) = ["wg", "wireguard-go", "ip"].into_iter().find(|b| !have(b)) {
-        eprintln!("skipped wg_setconf_accepts_the_stripped_config: {missing} is not installed (scripts/install-deps)");
+        eprintln!("skipped {test}: {missing} is not installed (scripts/install-deps)");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn wg_setconf_accepts_the_stripped_config() {
+    if !can_run_wireguard("wg_setconf_accepts_the_stripped_config") {
         return;
     }
     let s = State::new("wg");
@@ -1184,7 +1191,7 @@ fn wg_setconf_accepts_the_stripped_config() {
     let file = s.0.join("alice.stripped");
     std::fs::write(&file, &stripped).unwrap();
 
-    let ns = WgNamespace::start();
+    let ns = WgNamespace::start("a");
     let o = ns.wg(&["setconf", &ns.iface, file.to_str().unwrap()]);
     assert!(
         o.status.success(),
@@ -1209,7 +1216,7 @@ fn wg_setconf_accepts_the_stripped_config() {
     // is the one the network stored for alice.
     let own = String::from_utf8(ns.wg(&["show", &ns.iface, "public-key"]).stdout).unwrap();
     let listed = s.ok(&["client", "list", "net1"]);
-    assert_eq!(columns(&listed)[1][3], own.trim(), "{listed}");
+    assert_eq!(columns(&listed)[1][4], own.trim(), "{listed}");
 
     // The unstripped file is refused: it is a wg-quick file, not a wg one.
     let raw = s.0.join("alice.conf");
@@ -1951,10 +1958,11 @@ fn lists_have_headers_aligned_columns_and_counts_that_agree() {
         ],
         "{list}"
     );
-    assert_eq!(rows[0][3], "PUBLIC KEY");
+    assert_eq!(rows[0][3..], ["NETWORKS", "PUBLIC KEY"]);
+    assert_eq!(rows[2][3], "net1");
     let shown = s.ok(&["client", "show", "net1", "bob"]);
     assert!(
-        shown.contains(&format!("public key: {}\n", rows[2][3])),
+        shown.contains(&format!("public key: {}\n", rows[2][4])),
         "{list}"
     );
     assert!(!list.contains('\t') && !list.contains(value(&alice, "PrivateKey")));
@@ -2036,4 +2044,324 @@ fn config_file_names_work_as_interface_names() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// `wg ARGS` with `input` on standard input; its standard output, trimmed.
+fn wg_tool(args: &[&str], input: &str) -> String {
+    let mut child = Command::new("wg")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "wg {args:?}");
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
+
+/// A key made by `wg genkey` on "the user's device": the CLI registers its public
+/// half, never holds the private one, and prints a config with a placeholder that
+/// wg refuses until the key is put in, after which `wg setconf` takes it and the
+/// interface has exactly the registered public key.
+#[test]
+fn a_key_made_on_the_device_never_reaches_the_cli() {
+    if !can_run_wireguard("a_key_made_on_the_device_never_reaches_the_cli") {
+        return;
+    }
+    let private = wg_tool(&["genkey"], "");
+    let public = wg_tool(&["pubkey"], &private);
+    let s = State::new("ownkey");
+    s.create(&["--route", "192.168.50.0/24"]);
+    let e = s.fails(&["client", "add", "net1", "dave", "--public-key", "not-a-key"]);
+    assert!(e.contains("--public-key") && e.contains("wg pubkey"), "{e}");
+    let e = s.fails(&[
+        "client",
+        "add",
+        "net1",
+        "dave",
+        "--public-key",
+        &public,
+        "--qr",
+    ]);
+    assert!(e.contains("stays on its device"), "{e}");
+    let o = s.run(&["client", "add", "net1", "dave", "--public-key", &public]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let conf = String::from_utf8(o.stdout.clone()).unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("stays on the device"),
+        "{o:?}"
+    );
+    let placeholder = format!("<the private key of {public}>");
+    assert_eq!(value(&conf, "PrivateKey"), placeholder);
+    assert_eq!(value(&conf, "Address"), "10.0.0.250/32");
+    assert_eq!(s.ok(&["client", "show", "net1", "dave", "--config"]), conf);
+    assert!(s
+        .ok(&["client", "show", "net1", "dave"])
+        .contains("made on the client's device"));
+    // The private key is nowhere in the state directory; the public one is.
+    let mut found_public = false;
+    for f in walk(&s.0) {
+        let text = String::from_utf8_lossy(&std::fs::read(&f).unwrap()).into_owned();
+        assert!(
+            !text.contains(&private),
+            "{} holds the private key",
+            f.display()
+        );
+        found_public |= text.contains(&public);
+    }
+    assert!(found_public);
+    // In the payload the appliance boots with, dave is an ordinary peer.
+    let p = s.0.join("p");
+    s.ok(&["payload", "net1", "--output", p.to_str().unwrap()]);
+    assert!(s
+        .ok(&["payload", "inspect", p.to_str().unwrap()])
+        .contains(&format!("\"public_key\": \"{public}\"")));
+
+    let ns = WgNamespace::start("d");
+    let file = s.0.join("dave.stripped");
+    std::fs::write(&file, cloudpipe_core::client_config::strip(&conf)).unwrap();
+    let o = ns.wg(&["setconf", &ns.iface, file.to_str().unwrap()]);
+    assert!(!o.status.success(), "wg took the placeholder as a key");
+    let done = conf.replace(&placeholder, &private);
+    std::fs::write(&file, cloudpipe_core::client_config::strip(&done)).unwrap();
+    let o = ns.wg(&["setconf", &ns.iface, file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let own = String::from_utf8(ns.wg(&["show", &ns.iface, "public-key"]).stdout).unwrap();
+    assert_eq!(own.trim(), public);
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The blueprint's use case 2: one user in several networks gets one key pair, an
+/// address in each pool and one wg-quick file with a [Peer] per appliance;
+/// destinations that would overlap are refused naming both networks; revoking in
+/// one network leaves the others; `client list` shows the networks.
+#[test]
+fn one_client_in_several_networks_has_one_key_and_one_config() {
+    let s = State::new("multi");
+    let net = |name: &str, cidr: &str, extra: &[&str]| {
+        let mut a = vec!["network", "create", name, "--cidr", cidr, "--endpoint"];
+        let ep = format!("{name}.example.org");
+        a.push(&ep);
+        a.extend_from_slice(extra);
+        s.ok(&a);
+    };
+    net("web", "10.1.0.0/24", &[]);
+    net("db", "10.2.0.0/24", &["--route", "192.168.50.0/24"]);
+    let pubkey = |n: &str| {
+        s.ok(&["network", "show", n])
+            .lines()
+            .find_map(|l| l.strip_prefix("public key:       ").map(str::to_string))
+            .unwrap()
+    };
+    let o = s.run(&["client", "add", "web,db", "alice"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let conf = String::from_utf8(o.stdout).unwrap();
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        said.contains("added client alice to web (10.1.0.250), db (10.2.0.250)")
+            && said.contains("save the config as db+web.conf"),
+        "{said}"
+    );
+    // db pushes a route outside its subnet: its address comes first, the one the
+    // kernel gives that route's traffic.
+    assert_eq!(value(&conf, "Address"), "10.2.0.250/24, 10.1.0.250/24");
+    assert_eq!(conf.matches("PrivateKey = ").count(), 1);
+    let peers: Vec<(&str, &str, &str)> = conf
+        .split("[Peer]")
+        .skip(1)
+        .map(|p| {
+            (
+                value(p, "PublicKey"),
+                value(p, "Endpoint"),
+                value(p, "AllowedIPs"),
+            )
+        })
+        .collect();
+    let (web_key, db_key) = (pubkey("web"), pubkey("db"));
+    assert_eq!(
+        peers,
+        [
+            (
+                db_key.as_str(),
+                "db.example.org:1194",
+                "10.2.0.0/24, 192.168.50.0/24"
+            ),
+            (web_key.as_str(), "web.example.org:1194", "10.1.0.0/24"),
+        ]
+    );
+    let stripped = Command::new("sh")
+        .arg("-c")
+        .arg("f=$(mktemp -d)/db+web.conf; cat > \"$f\"; wg-quick strip \"$f\"")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(conf.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        stripped.status.success(),
+        "wg-quick strip refused the config"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&stripped.stdout)
+            .matches("[Peer]")
+            .count(),
+        2
+    );
+    // One key pair: the same public key in both networks, and in both payloads.
+    let web_list = columns(&s.ok(&["client", "list", "web"]));
+    let db_list = columns(&s.ok(&["client", "list", "db"]));
+    assert_eq!(
+        web_list[1][..4],
+        ["alice", "10.1.0.250", "active", "db,web"]
+    );
+    assert_eq!(db_list[1][..4], ["alice", "10.2.0.250", "active", "db,web"]);
+    assert_eq!(web_list[1][4], db_list[1][4]);
+    for n in ["web", "db"] {
+        assert_eq!(s.ok(&["client", "show", n, "alice", "--config"]), conf);
+    }
+
+    // Overlapping destinations are refused, naming both networks; nothing is added.
+    net("dup", "10.1.0.0/25", &[]);
+    let e = s.fails(&["client", "add", "dup", "alice"]);
+    assert!(
+        e.contains("network dup's subnet 10.1.0.0/25 overlaps network web's subnet 10.1.0.0/24"),
+        "{e}"
+    );
+    net("ext", "10.4.0.0/24", &["--route", "172.16.0.0/12"]);
+    let e = s.fails(&["client", "add", "ext,db", "bob"]);
+    assert!(e.contains("networks db and ext both push routes"), "{e}");
+    for n in ["dup", "ext"] {
+        assert!(s.ok(&["client", "list", n]).is_empty(), "added to {n}");
+    }
+    let e = s.fails(&["client", "add", "web,nope", "bob"]);
+    assert!(e.contains("no network \"nope\""), "{e}");
+    assert_eq!(
+        columns(&s.ok(&["client", "list", "web"])).len(),
+        2,
+        "bob added"
+    );
+
+    // Revoked in db, alice keeps web: her config is now web alone.
+    let o = s.run(&["client", "revoke", "db", "alice"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("alice stays a client of web"),
+        "{o:?}"
+    );
+    let web_only = s.ok(&["client", "show", "web", "alice", "--config"]);
+    assert_eq!(value(&web_only, "Address"), "10.1.0.250/32");
+    assert_eq!(web_only.matches("[Peer]").count(), 1);
+    assert_eq!(value(&web_only, "PublicKey"), web_key);
+    assert_eq!(value(&web_only, "PrivateKey"), value(&conf, "PrivateKey"));
+    assert_eq!(columns(&s.ok(&["client", "list", "web"]))[1][3], "web");
+    assert!(s
+        .fails(&["client", "show", "db", "alice", "--config"])
+        .contains("revoked"));
+
+    // Joining another network later keeps the key; the config covers both.
+    net("lab", "10.3.0.0/24", &[]);
+    let o = s.run(&["client", "add", "lab", "alice"]);
+    let joined = String::from_utf8(o.stdout.clone()).unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("replaces the one alice had"),
+        "{o:?}"
+    );
+    assert_eq!(value(&joined, "PrivateKey"), value(&conf, "PrivateKey"));
+    assert_eq!(value(&joined, "Address"), "10.3.0.250/24, 10.1.0.250/24");
+    // A key belongs to one client.
+    let alice_pub = &columns(&s.ok(&["client", "list", "web"]))[1][4];
+    let e = s.fails(&["client", "add", "lab", "carol", "--public-key", alice_pub]);
+    assert!(e.contains("client \"alice\"'s"), "{e}");
+}
+
+/// Every config the CLI accepts reaches the device as a file, and as a QR code when
+/// one can hold it: a long config gets the lower error-correction level that fits;
+/// one too long for any QR code is refused with its size and the way that works,
+/// before the client is added.
+#[test]
+fn long_configs_get_a_qr_code_that_fits_or_a_clear_no() {
+    let s = State::new("longqr");
+    let routes = |n: usize| -> Vec<String> {
+        (0..n)
+            .flat_map(|i| {
+                [
+                    "--route".to_string(),
+                    format!("10.{}.{}.0/24", 100 + i / 256, i % 256),
+                ]
+            })
+            .collect()
+    };
+    let create = |name: &str, cidr: &str, n: usize| {
+        let mut a: Vec<String> = [
+            "network",
+            "create",
+            name,
+            "--cidr",
+            cidr,
+            "--endpoint",
+            "vpn",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(routes(n));
+        s.ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    };
+    // About 2500 bytes: past what a QR code holds at level M (2331), within L.
+    create("long", "10.0.0.0/24", 145);
+    let png = s.0.join("long.png");
+    let o = s.run(&[
+        "client",
+        "add",
+        "long",
+        "alice",
+        "--qr-png",
+        png.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let conf = s.ok(&["client", "show", "long", "alice", "--config"]);
+    assert!(conf.len() > 2331, "{}", conf.len());
+    assert_eq!(scan_png(&std::fs::read(&png).unwrap()), conf);
+
+    create("longer", "10.1.0.0/24", 230);
+    let e = s.fails(&["client", "add", "longer", "bob", "--qr"]);
+    assert!(
+        e.contains("more than any QR code holds (2953 bytes") && e.contains("--output"),
+        "{e}"
+    );
+    assert!(
+        s.ok(&["client", "list", "longer"]).is_empty(),
+        "bob was added"
+    );
+    let file = s.0.join("longer.conf");
+    s.ok(&[
+        "client",
+        "add",
+        "longer",
+        "bob",
+        "--output",
+        file.to_str().unwrap(),
+    ]);
+    assert!(std::fs::read_to_string(&file).unwrap().len() > 2953);
 }
