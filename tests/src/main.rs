@@ -11,7 +11,7 @@
 //! cloudpipe-lab exec ROLE CMD...                    run CMD in the last kept lab's ROLE
 //! cloudpipe-lab payload [--masquerade] [--zip|--json] print the lab network's payload
 //! cloudpipe-lab metadata-server --dir D --listen ADDR:PORT
-//! cloudpipe-lab demo                                the whole mission, narrated
+//! cloudpipe-lab demo                                the whole mission, narrated, with a verdict
 //! ```
 
 use cloudpipe_lab::{metadata_server, Lab, LabOptions, Role, NS_PREFIX};
@@ -28,7 +28,7 @@ fn main() -> ExitCode {
         Some("down") => down(args.get(1).map(String::as_str)),
         Some("exec") => exec(&args[1..]),
         Some("payload") => payload(&args[1..]),
-        Some("demo") => cloudpipe_lab::demo::run().map(|()| ExitCode::SUCCESS),
+        Some("demo") => return cloudpipe_lab::demo::run(),
         _ => {
             eprintln!("usage: cloudpipe-lab up [--keep] [--dhcp] [--metadata] [--payload] [--mtu N] [--appliance-tap] [--allow CIDR]... | down [ID] | exec ROLE CMD... | payload [--masquerade] [--zip|--json] | metadata-server --dir D --listen ADDR:PORT | demo");
             return ExitCode::from(2);

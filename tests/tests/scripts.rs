@@ -114,3 +114,58 @@ fn install_deps_waits_for_another_apt() {
     );
     assert!(text.contains("waiting for another apt"), "{text}");
 }
+
+/// The README says where the binaries are and how to get `cloudpipe` on PATH, and
+/// both ways work: the `export PATH=...` line as written (run from the repository,
+/// after a build), and `cargo install --path DIR` names the package of the
+/// `cloudpipe` binary.
+#[test]
+fn the_readme_puts_cloudpipe_on_path() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let export = readme
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("export PATH=") && l.contains("target/debug"))
+        .unwrap_or_else(|| panic!("no `export PATH=...target/debug...` line in README.md"));
+    assert!(
+        readme.contains("target/debug/"),
+        "the README says where the binaries are"
+    );
+    // The binary the line points at is the one the build made.
+    cloudpipe_lab::bin_path("cloudpipe").expect("cargo build --workspace --bins first");
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{export}; command -v cloudpipe && cloudpipe --version"
+        ))
+        .current_dir(repo())
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.contains("/target/debug/cloudpipe") && out.contains("cloudpipe "),
+        "{out}"
+    );
+
+    let install = readme
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("cargo install"))
+        .expect("a `cargo install` line in README.md");
+    let path = install
+        .split_whitespace()
+        .skip_while(|w| *w != "--path")
+        .nth(1)
+        .expect("cargo install --path DIR");
+    let manifest = std::fs::read_to_string(repo().join(path).join("Cargo.toml")).unwrap();
+    assert!(
+        manifest.contains("[[bin]]\nname = \"cloudpipe\""),
+        "{path} does not build the cloudpipe binary"
+    );
+}
