@@ -14,8 +14,11 @@ use std::path::PathBuf;
                   launch it. State lives in a state directory, one folder per network.",
     after_long_help = "A first network:\n  \
         cloudpipe network create demo --cidr 10.0.0.0/24 --endpoint 203.0.113.10\n  \
-        cloudpipe client add demo alice --output alice.conf\n  \
-        cloudpipe openstack demo          # the commands that launch the appliance\n\n\
+        cloudpipe client add demo alice --output demo.conf  # wg-quick up ./demo.conf\n  \
+        cloudpipe client add demo,other bob                 # one tunnel, two networks\n  \
+        cloudpipe client add demo carol --public-key KEY    # a key made on carol's device\n  \
+        cloudpipe openstack demo                            # the commands that launch it\n\n\
+        State: --state-dir or CLOUDPIPE_STATE_DIR (default /var/lib/cloudpipe, root's).\n\n\
         Exit status: 0 on success, 1 on an error (one line on standard error), 2 on a \
         usage error."
 )]
