@@ -15,6 +15,7 @@ use anyhow::{bail, Context, Result};
 use cloudpipe_core::client_config::{self, ClientConfig, Membership};
 use cloudpipe_core::config::{check_name, Config};
 use cloudpipe_core::keys::{PresharedKey, PrivateKey, PublicKey};
+use cloudpipe_core::wg_quick;
 use std::path::{Path, PathBuf};
 
 pub fn run(state: &StateDir, cmd: ClientCmd) -> Result<()> {
@@ -503,9 +504,7 @@ impl Outputs {
     fn check(&self, networks: &[String]) -> Result<()> {
         if let Some(path) = &self.file {
             let name = path.file_name().unwrap_or_default().to_string_lossy();
-            let usable = name
-                .strip_suffix(".conf")
-                .is_some_and(client_config::is_interface_name);
+            let usable = name.ends_with(".conf") && wg_quick::interface_name(&name).is_ok();
             if !usable {
                 let dir = path.parent().map(|d| d.join("")).unwrap_or_default();
                 bail!(
