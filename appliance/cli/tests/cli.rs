@@ -2365,3 +2365,72 @@ fn long_configs_get_a_qr_code_that_fits_or_a_clear_no() {
     ]);
     assert!(std::fs::read_to_string(&file).unwrap().len() > 2953);
 }
+
+/// Commands that lock several networks (adds to two networks, lists and shows that
+/// look at every network, revokes that look at the others) run at once without
+/// waiting on each other in a cycle: all finish.
+#[test]
+fn commands_across_networks_never_deadlock() {
+    let s = State::new("deadlock");
+    for (n, cidr) in [("a", "10.1.0.0/24"), ("b", "10.2.0.0/24")] {
+        s.ok(&[
+            "network",
+            "create",
+            n,
+            "--cidr",
+            cidr,
+            "--clients",
+            "60",
+            "--endpoint",
+            "vpn",
+        ]);
+    }
+    s.ok(&["client", "add", "a,b", "first"]);
+    let spawn = |args: Vec<String>| {
+        Command::new(env!("CARGO_BIN_EXE_cloudpipe"))
+            .arg("--state-dir")
+            .arg(&s.0)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut children = Vec::new();
+    for i in 0..12 {
+        let args: Vec<&str> = match i % 4 {
+            0 => vec!["client", "list", "b"],
+            1 => vec!["client", "list", "a"],
+            2 => vec!["client", "show", "b", "first", "--config"],
+            _ => vec!["client", "add", "a,b", "x"],
+        };
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        if let Some(last) = args.last_mut().filter(|a| *a == "x") {
+            *last = format!("c{i}");
+        }
+        children.push(spawn(args));
+    }
+    children.push(spawn(
+        ["client", "revoke", "b", "first"]
+            .map(String::from)
+            .to_vec(),
+    ));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !children.is_empty() {
+        children.retain_mut(|c| c.try_wait().unwrap().is_none());
+        if std::time::Instant::now() > deadline {
+            // Ours, by PID: none is left waiting after the test.
+            for c in &mut children {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            panic!(
+                "{} commands still wait after 60 s: a lock cycle",
+                children.len()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let list = columns(&s.ok(&["client", "list", "a"]));
+    assert_eq!(list.len(), 5, "first and three adds: {list:?}");
+}

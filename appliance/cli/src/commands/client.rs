@@ -60,8 +60,9 @@ fn parse_networks(arg: &str) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// Every network of the state directory, locked, in name order (the order every
-/// command that locks several takes them in). `needed` must exist and be readable;
+/// Every network of the state directory, locked, in name order: every command that
+/// holds several network locks takes them in that order, so none waits for another
+/// in a cycle. `needed` must exist and be readable;
 /// another that cannot be read is skipped with a warning.
 fn open_all(state: &StateDir, needed: &[String]) -> Result<Vec<Network>> {
     let names = state.networks()?;
@@ -311,30 +312,17 @@ fn add(
 }
 
 fn list(state: &StateDir, network: &str) -> Result<()> {
-    let net = open(state, network)?;
-    // Which networks each client is in needs the others (each locked in turn).
-    let others: Vec<Network> = state
-        .networks()?
-        .into_iter()
-        .filter(|n| n != network)
-        .filter_map(|n| Network::open(state.network_dir(&n)).ok())
-        .collect();
+    // Which networks each client is in needs them all (locked in name order).
+    let nets = open_all(state, &[network.to_string()])?;
+    let net = nets.iter().find(|n| n.name() == network).expect("opened");
     let rows: Vec<Vec<String>> = net
         .clients
         .iter()
         .map(|c| {
-            let mut member: Vec<&str> = std::iter::once(&net)
-                .chain(&others)
-                .filter(|n| {
-                    n.clients.iter().any(|x| {
-                        x.name == c.name
-                            && x.public_key == c.public_key
-                            && x.status == Status::Active
-                    })
-                })
-                .map(|n| n.name())
+            let member: Vec<&str> = records(&nets, &c.name, &c.public_key)
+                .iter()
+                .map(|(n, _)| n.name())
                 .collect();
-            member.sort();
             vec![
                 c.name.clone(),
                 c.address.to_string(),
@@ -420,7 +408,11 @@ fn revoke(state: &StateDir, network: &str, name: &str) -> Result<()> {
         *slot = c.clone();
     }
     eprintln!("revoked client {name} in network {network}");
-    // The same client elsewhere is untouched (each network locked in turn).
+    publish::hint(&net)?;
+    drop(net);
+    // The same client elsewhere is untouched. Each network is locked in turn, with
+    // this one's lock released: a command never holds one lock while it waits for
+    // another out of name order.
     let still: Vec<String> = state
         .networks()?
         .into_iter()
@@ -441,7 +433,7 @@ fn revoke(state: &StateDir, network: &str, name: &str) -> Result<()> {
             still[0]
         );
     }
-    publish::hint(&net)
+    Ok(())
 }
 
 /// What the running appliance knows of a client, as far as the CLI can tell.
