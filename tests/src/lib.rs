@@ -1188,6 +1188,9 @@ impl Lab {
     pub fn start_metadata(&self) -> anyhow::Result<()> {
         let bin = bin_path("cloudpipe-lab")?;
         let dir = self.metadata_dir();
+        // What it says goes to a log in the lab's folder, not into a test's or the
+        // demo's output.
+        let log = std::fs::File::create(self.dir.join("metadata-server.log"))?;
         let child = self.spawn_with(
             &self.router(),
             &[
@@ -1199,7 +1202,7 @@ impl Lab {
                 "169.254.169.254:80",
             ],
             |c| {
-                c.stdout(Stdio::null());
+                c.stdout(Stdio::null()).stderr(log);
             },
         )?;
         *self.metadata_pid.lock().unwrap() = Some(child.id());

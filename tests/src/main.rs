@@ -11,7 +11,7 @@
 //! cloudpipe-lab exec ROLE CMD...                    run CMD in the last kept lab's ROLE
 //! cloudpipe-lab payload [--masquerade] [--zip|--json] print the lab network's payload
 //! cloudpipe-lab metadata-server --dir D --listen ADDR:PORT
-//! cloudpipe-lab demo                                the whole mission, narrated
+//! cloudpipe-lab demo                                the whole mission, narrated, with a verdict
 //! ```
 
 use cloudpipe_lab::{metadata_server, Lab, LabOptions, Role, NS_PREFIX};
@@ -28,7 +28,18 @@ fn main() -> ExitCode {
         Some("down") => down(args.get(1).map(String::as_str)),
         Some("exec") => exec(&args[1..]),
         Some("payload") => payload(&args[1..]),
-        Some("demo") => cloudpipe_lab::demo::run().map(|()| ExitCode::SUCCESS),
+        Some("demo") => {
+            // `cloudpipe-lab demo | head` ends quietly when the reader goes away (the
+            // lab is then left to `cloudpipe-lab down`, as scripts/demo's trap runs).
+            // SAFETY: SIG_DFL installs no handler code, and no other thread exists yet.
+            unsafe {
+                let _ = nix::sys::signal::signal(
+                    nix::sys::signal::Signal::SIGPIPE,
+                    nix::sys::signal::SigHandler::SigDfl,
+                );
+            }
+            return cloudpipe_lab::demo::run();
+        }
         _ => {
             eprintln!("usage: cloudpipe-lab up [--keep] [--dhcp] [--metadata] [--payload] [--mtu N] [--appliance-tap] [--allow CIDR]... | down [ID] | exec ROLE CMD... | payload [--masquerade] [--zip|--json] | metadata-server --dir D --listen ADDR:PORT | demo");
             return ExitCode::from(2);
@@ -158,7 +169,9 @@ fn exec(args: &[String]) -> anyhow::Result<ExitCode> {
 
 /// A lab id's creator PID, from `cp<pid>x<n>`.
 fn creator(id: &str) -> Option<i32> {
-    id.strip_prefix(NS_PREFIX)?.split('x').next()?.parse().ok()
+    let (pid, n) = id.strip_prefix(NS_PREFIX)?.split_once('x')?;
+    n.parse::<u32>().ok()?;
+    pid.parse().ok()
 }
 
 fn down(only: Option<&str>) -> anyhow::Result<ExitCode> {

@@ -201,6 +201,41 @@ impl Mission {
     }
 }
 
+/// A key pair made as on a user's device: `wg genkey`, then `wg pubkey`. Returns
+/// (private, public), base64.
+pub fn wg_keypair() -> (String, String) {
+    let wg = |args: &[&str], input: &str| {
+        use std::io::Write;
+        let mut c = Command::new("wg")
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("wg (wireguard-tools; scripts/install-deps)");
+        c.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "wg {args:?}");
+        String::from_utf8(o.stdout).unwrap().trim().to_string()
+    };
+    let private = wg(&["genkey"], "");
+    let public = wg(&["pubkey"], &private);
+    (private, public)
+}
+
+/// What the user does with a config whose key stayed on the device: put the
+/// private key in place of the placeholder.
+pub fn with_private_key(conf: &str, private: &str) -> String {
+    conf.lines()
+        .map(|l| {
+            if l.starts_with("PrivateKey = <") {
+                format!("PrivateKey = {private}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect()
+}
+
 /// One ping (1 s timeout), optionally from a given source address.
 pub fn ping(lab: &Lab, ns: &str, dst: &str, from: Option<&str>) -> bool {
     let mut cmd = vec!["ping", "-n", "-c", "1", "-W", "1"];

@@ -7,7 +7,8 @@
 //! properties `cloudpipe publish --json` prints.
 
 use cloudpipe_lab::mission::{
-    count_from, iperf_report, iperf_server, ping, ping_all, spy_on, Mission,
+    count_from, iperf_report, iperf_server, ping, ping_all, spy_on, wg_keypair, with_private_key,
+    Mission, NETWORK,
 };
 use cloudpipe_lab::wait_for;
 use std::time::{Duration, Instant};
@@ -324,6 +325,34 @@ fn tenant_vms_open_tcp_connections_to_clients_and_back() {
 /// The tenant VM's address: Neutron's pick from the allocation pool.
 fn vm(m: &Mission) -> String {
     m.lab.tenant_vm_ip().to_string()
+}
+
+/// A key made by `wg genkey` on the user's side: the CLI registered only its public
+/// half and printed a config with a placeholder; with the key put in, the user's
+/// stock client connects and is a neighbour like any other.
+#[test]
+fn a_key_made_on_the_device_connects() {
+    let Some(mut m) = Mission::new(&[]) else {
+        return;
+    };
+    let (private, public) = wg_keypair();
+    let conf = m.cli(&["client", "add", NETWORK, "dave", "--public-key", &public]);
+    assert!(!conf.contains(&private));
+    m.boot();
+    let dave = m.connect(&m.lab.outside(), "dave", &with_private_key(&conf, &private));
+    assert!(
+        ping_all(&m.lab, &m.lab.tenant_vm(), "10.77.0.250", 3),
+        "{}",
+        m.log()
+    );
+    let own = m
+        .lab
+        .exec(
+            &m.lab.outside(),
+            &["wg", "show", dave.iface(), "public-key"],
+        )
+        .unwrap();
+    assert_eq!(own.trim(), public);
 }
 
 fn libc_sigusr1() -> i32 {

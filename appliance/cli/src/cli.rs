@@ -14,8 +14,11 @@ use std::path::PathBuf;
                   launch it. State lives in a state directory, one folder per network.",
     after_long_help = "A first network:\n  \
         cloudpipe network create demo --cidr 10.0.0.0/24 --endpoint 203.0.113.10\n  \
-        cloudpipe client add demo alice --output alice.conf\n  \
-        cloudpipe openstack demo          # the commands that launch the appliance\n\n\
+        cloudpipe client add demo alice --output demo.conf  # wg-quick up ./demo.conf\n  \
+        cloudpipe client add demo,other bob                 # one tunnel, two networks\n  \
+        cloudpipe client add demo carol --public-key KEY    # a key made on carol's device\n  \
+        cloudpipe openstack demo                            # the commands that launch it\n\n\
+        State: --state-dir or CLOUDPIPE_STATE_DIR (default /var/lib/cloudpipe, root's).\n\n\
         Exit status: 0 on success, 1 on an error (one line on standard error), 2 on a \
         usage error."
 )]
@@ -222,35 +225,44 @@ pub enum ClientCmd {
     /// standard output. The client's keys are kept (mode 0600) so `client show
     /// --config` can print the config again.
     Add {
-        /// The network (see `cloudpipe network list`).
+        /// The network (see `cloudpipe network list`), or several separated by commas
+        /// (`web,db`): one tunnel, one key pair, a [Peer] for each appliance.
+        #[arg(value_name = "NETWORK[,NETWORK...]")]
         network: String,
         /// The client's name: 1-32 of A-Z a-z 0-9 . _ - (not starting with . or -).
+        /// A client of that name in other networks joins these with the same key, and
+        /// the config printed reaches all of its networks.
         name: String,
+        /// Register a public key made on the client's own device (`wg genkey | wg
+        /// pubkey`, or the WireGuard app) instead of making a key pair: the private key
+        /// never leaves the device, and the config printed has a placeholder for it.
+        #[arg(long, value_name = "KEY")]
+        public_key: Option<String>,
         /// Write the config to FILE (mode 0600) instead of standard output.
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
-        /// Print the config as a QR code in the terminal (for the mobile apps)
-        /// instead of as text.
-        #[arg(long)]
-        qr: bool,
-        /// Write the config as a QR code PNG (mode 0600: it holds the private key).
-        #[arg(long, value_name = "FILE")]
-        qr_png: Option<PathBuf>,
+        #[command(flatten)]
+        to: ConfigOutputs,
     },
-    /// List a network's clients: name, address, public key, status.
+    /// List a network's clients: name, address, status, the networks each is a client
+    /// of, public key.
     List {
         /// The network.
         network: String,
     },
-    /// Show a client; --config prints its wg-quick config again.
+    /// Show a client; --config (or --qr, --qr-png) gives its credentials again: the
+    /// same wg-quick config `client add` gave, while the client is active.
     Show {
         /// The network.
         network: String,
         /// The client.
         name: String,
-        /// Print the client's wg-quick config (with its private key) instead.
+        /// Print the client's wg-quick config (with its private key) instead; --qr
+        /// and --qr-png imply it.
         #[arg(long)]
         config: bool,
+        #[command(flatten)]
+        to: ConfigOutputs,
     },
     /// Revoke a client. Once a payload was printed, its address returns to the pool
     /// only when the revocation is published (`cloudpipe publish NETWORK --done`);
@@ -261,6 +273,21 @@ pub enum ClientCmd {
         /// The client.
         name: String,
     },
+}
+
+/// The QR code forms of a client config, for the mobile apps.
+#[derive(Args, Debug)]
+pub struct ConfigOutputs {
+    /// Print the config as a QR code in the terminal instead of as text.
+    #[arg(long)]
+    pub qr: bool,
+    /// Write the config as a QR code PNG (mode 0600: it holds the private key).
+    #[arg(long, value_name = "FILE")]
+    pub qr_png: Option<PathBuf>,
+    /// Replace an existing --output or --qr-png file (else that is an error, and
+    /// nothing changes).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args, Debug)]

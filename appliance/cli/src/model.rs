@@ -4,6 +4,7 @@
 
 use crate::state::{self, Lock};
 use anyhow::{Context, Result};
+use cloudpipe_core::client_config::ClientKey;
 use cloudpipe_core::config::{Config, ConfigFile, Mode, Peer, PeerFile, PoolFile, FORMAT_VERSION};
 use cloudpipe_core::keys::{PresharedKey, PrivateKey, PublicKey};
 use cloudpipe_core::overlay::Overlay;
@@ -58,8 +59,11 @@ pub struct ClientFile {
     pub name: String,
     pub address: Ipv4Addr,
     pub public_key: String,
-    /// Kept so `client show --config` can print the config again (file mode 0600).
-    pub private_key: String,
+    /// Kept so `client show --config` can print the config again (file mode 0600);
+    /// none when the key was made on the user's device (`client add --public-key`).
+    /// The same for every network the client is in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
     pub preshared_key: String,
     pub status: Status,
 }
@@ -73,8 +77,12 @@ impl ClientFile {
             address: self.address,
         })
     }
-    pub fn private_key(&self) -> Result<PrivateKey> {
-        self.private_key.parse().context("client private key")
+    /// The client's key: held here, or only the public half of one on its device.
+    pub fn key(&self) -> Result<ClientKey> {
+        Ok(match &self.private_key {
+            Some(k) => ClientKey::Private(k.parse().context("client private key")?),
+            None => ClientKey::OnDevice(self.public_key.parse().context("client public key")?),
+        })
     }
     pub fn preshared_key(&self) -> Result<PresharedKey> {
         self.preshared_key.parse().context("client preshared key")
@@ -202,6 +210,12 @@ impl Network {
         state::write_json(&dir.join(format!("{}.json", c.name)), c, 0o600)
     }
 
+    /// Undo a [`Network::save_client`] of a client never used (a failed add).
+    pub fn remove_client_file(&self, name: &str) -> Result<()> {
+        let p = self.dir.join("clients").join(format!("{name}.json"));
+        std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))
+    }
+
     pub fn baseline(&self) -> Result<Option<Baseline>> {
         state::read_json_opt(&self.dir.join("baseline.json"))
     }
@@ -272,7 +286,7 @@ mod tests {
             name: name.into(),
             address: Ipv4Addr::new(10, 0, 0, last),
             public_key: key(b).public_key().to_base64(),
-            private_key: key(b).to_base64(),
+            private_key: Some(key(b).to_base64()),
             preshared_key: PresharedKey::from_bytes([b; 32]).to_base64(),
             status,
         }

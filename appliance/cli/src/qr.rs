@@ -1,17 +1,45 @@
 //! QR codes of client configs, for the mobile apps: in the terminal (Unicode half
 //! blocks, two modules per character cell) or as a PNG.
+//!
+//! The error-correction level is the most robust one the config fits in: M (15 % of
+//! the code may be damaged, the usual default) and, for long configs, L (7 %), as
+//! `qrencode` uses. Past what a version-40 code holds at L the config is refused
+//! with its size and the limit: such a config goes to the phone as a file.
 
-use anyhow::{Context, Result};
-use qrcode::{Color, QrCode};
-use std::path::Path;
+use anyhow::{bail, Result};
+use qrcode::types::QrError;
+use qrcode::{Color, EcLevel, QrCode};
 
 /// Quiet zone around the code, in modules (the QR standard asks for 4).
 const QUIET: usize = 4;
 /// PNG pixels per module.
 const PNG_SCALE: usize = 8;
 
+/// Error-correction levels tried, most robust first.
+const LEVELS: [EcLevel; 2] = [EcLevel::M, EcLevel::L];
+
+/// Bytes a QR code holds at most: version 40, level L, byte mode (ISO/IEC 18004
+/// table 7).
+pub const MAX_BYTES: usize = 2953;
+
 fn code(text: &str) -> Result<QrCode> {
-    QrCode::new(text.as_bytes()).context("the config is too long for a QR code")
+    for level in LEVELS {
+        match QrCode::with_error_correction_level(text.as_bytes(), level) {
+            Ok(code) => return Ok(code),
+            Err(QrError::DataTooLong) => continue,
+            Err(e) => bail!("making the QR code: {e}"),
+        }
+    }
+    bail!(
+        "the config is {} bytes, more than any QR code holds ({MAX_BYTES} bytes at the lowest \
+         error correction): give it to the device as a file instead (--output FILE)",
+        text.len()
+    )
+}
+
+/// Columns the terminal code takes (modules plus the quiet zone on both sides).
+pub fn terminal_width(text: &str) -> Result<usize> {
+    Ok(code(text)?.width() + 2 * QUIET)
 }
 
 /// Dark/light grid with the quiet zone.
@@ -57,8 +85,8 @@ pub fn terminal(text: &str) -> Result<String> {
     Ok(out)
 }
 
-/// The config as a grayscale PNG.
-pub fn png(text: &str, path: &Path) -> Result<()> {
+/// The config as a grayscale PNG file's bytes.
+pub fn png(text: &str) -> Result<Vec<u8>> {
     let (size, g) = grid(&code(text)?);
     let px = size * PNG_SCALE;
     let mut data = vec![0u8; px * px];
@@ -76,7 +104,7 @@ pub fn png(text: &str, path: &Path) -> Result<()> {
         let mut w = enc.write_header()?;
         w.write_image_data(&data)?;
     }
-    crate::state::write_atomic(path, &bytes, 0o600)
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -144,17 +172,14 @@ mod tests {
 
     #[test]
     fn png_scans_back_to_the_config() {
-        let p = std::env::temp_dir().join(format!("cp-qr-scan-{}.png", std::process::id()));
-        png(CONFIG, &p).unwrap();
-        let decoder =
-            ::png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&p).unwrap()));
+        let bytes = png(CONFIG).unwrap();
+        let decoder = ::png::Decoder::new(std::io::Cursor::new(bytes));
         let mut reader = decoder.read_info().unwrap();
         let mut buf = vec![0; reader.output_buffer_size()];
         let info = reader.next_frame(&mut buf).unwrap();
         assert_eq!(info.color_type, ::png::ColorType::Grayscale);
         let (w, h) = (info.width as usize, info.height as usize);
         assert_eq!(scan(w, h, |x, y| buf[y * w + x]), CONFIG);
-        std::fs::remove_file(p).unwrap();
     }
 
     #[test]
@@ -191,14 +216,51 @@ mod tests {
         assert_eq!(text, CONFIG);
     }
 
+    /// A config too long for level M anywhere is coded at L and still scans; one
+    /// past every QR code's capacity is an error naming its size and the limit.
+    #[test]
+    fn long_configs_fall_back_to_level_l_then_say_they_do_not_fit() {
+        let long = |n: usize| {
+            let routes: Vec<String> = (0..n)
+                .map(|i| format!("10.{}.{}.0/24", i / 256, i % 256))
+                .collect();
+            format!("{CONFIG}AllowedIPs = {}\n", routes.join(", "))
+        };
+        // Between what version 40 holds at M (2331 bytes) and at L (2953).
+        let text = long(170);
+        assert!(
+            text.len() > 2331 && text.len() <= MAX_BYTES,
+            "{}",
+            text.len()
+        );
+        let c = code(&text).unwrap();
+        assert_eq!(c.error_correction_level(), EcLevel::L);
+        let bytes = png(&text).unwrap();
+        let decoder = ::png::Decoder::new(std::io::Cursor::new(bytes));
+        let mut reader = decoder.read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        let (w, h) = (info.width as usize, info.height as usize);
+        assert_eq!(scan(w, h, |x, y| buf[y * w + x]), text);
+        // Short configs keep level M.
+        assert_eq!(code(CONFIG).unwrap().error_correction_level(), EcLevel::M);
+
+        let too_long = long(230);
+        assert!(too_long.len() > MAX_BYTES);
+        let e = terminal(&too_long).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("{} bytes", too_long.len()))
+                && e.contains("2953")
+                && e.contains("--output"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn png_has_the_signature_and_size() {
-        let p = std::env::temp_dir().join(format!("cp-qr-{}.png", std::process::id()));
-        png("hello", &p).unwrap();
-        let b = std::fs::read(&p).unwrap();
+        let b = png("hello").unwrap();
         assert_eq!(&b[..8], b"\x89PNG\r\n\x1a\n");
         let w = u32::from_be_bytes(b[16..20].try_into().unwrap()) as usize;
         assert_eq!(w % PNG_SCALE, 0);
-        std::fs::remove_file(p).unwrap();
     }
 }

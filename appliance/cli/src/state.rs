@@ -5,7 +5,10 @@
 //! STATE/NET/.lock                held for the whole of any command on NET
 //! STATE/NET/network.json         the network (no secrets); written last on create
 //! STATE/NET/server.key           the appliance's private key (0600)
-//! STATE/NET/clients/NAME.json    one client, with its keys (0600)
+//! STATE/NET/clients/NAME.json    one client, with its keys (0600; no private key
+//!                                when it was made on the user's device); a client
+//!                                of several networks has a file in each, with the
+//!                                same key pair
 //! STATE/NET/baseline.json        public keys in the payload last printed (what the
 //!                                booted appliance knows)
 //! STATE/NET/published.json       instance properties last marked published
@@ -57,9 +60,31 @@ pub struct StateDir {
 }
 
 impl StateDir {
+    /// Create (0700) or open the state directory, which this user must be able to
+    /// write: every command takes a lock in it.
     pub fn open(root: PathBuf) -> Result<Self> {
-        create_dir(&root)?;
-        Ok(Self { root })
+        let usable = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&root)
+            .and_then(|()| {
+                nix::unistd::access(
+                    &root,
+                    nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+                )
+                .map_err(std::io::Error::from)
+            });
+        match usable {
+            Ok(()) => Ok(Self { root }),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
+                "cannot use the state directory {} (permission denied): it holds every \
+                 network's keys and the default one needs root. Run as root, or keep the \
+                 state in a directory of your own with --state-dir DIR or \
+                 CLOUDPIPE_STATE_DIR=DIR",
+                root.display()
+            ),
+            Err(e) => Err(e).with_context(|| format!("creating {}", root.display())),
+        }
     }
 
     /// Serialise commands that create, list or delete networks.
@@ -133,6 +158,25 @@ fn parent_dir(path: &Path) -> &Path {
 /// directory, created with its final mode, synced, renamed over `path`, and the
 /// directory synced so the rename itself survives a crash.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    write_file(path, bytes, mode, true)
+}
+
+/// Like [`write_atomic`], but never replaces an existing file: the finished
+/// temporary file is hard-linked to `path`, which fails if `path` exists (even one
+/// created a moment ago by someone else).
+pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    write_file(path, bytes, mode, false)
+}
+
+/// The error for an output file that is there already.
+pub fn exists_error(path: &Path) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{} exists already: choose another file, or add --force to replace it",
+        path.display()
+    )
+}
+
+fn write_file(path: &Path, bytes: &[u8], mode: u32, replace: bool) -> Result<()> {
     let name = path
         .file_name()
         .with_context(|| format!("{} is not a file name", path.display()))?;
@@ -152,12 +196,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
             .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
+        if replace {
+            std::fs::rename(&tmp, path)?;
+        } else {
+            std::fs::hard_link(&tmp, path)?;
+            std::fs::remove_file(&tmp)?;
+        }
         File::open(dir)?.sync_all()
     };
     write().map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
-        anyhow::anyhow!("writing {}: {e}", path.display())
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            exists_error(path)
+        } else {
+            anyhow::anyhow!("writing {}: {e}", path.display())
+        }
     })
 }
 
@@ -262,6 +315,26 @@ mod tests {
         drop(held);
         let f = OpenOptions::new().write(true).open(&p).unwrap();
         assert!(Flock::lock(f, FlockArg::LockExclusiveNonblock).is_ok());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn new_files_never_replace() {
+        let d = temp("new");
+        let p = d.join("a.conf");
+        write_new(&p, b"one", 0o600).unwrap();
+        let e = write_new(&p, b"two", 0o600).unwrap_err();
+        assert!(e.to_string().contains("--force"), "{e}");
+        assert_eq!(std::fs::read(&p).unwrap(), b"one");
+        assert_eq!(
+            std::fs::read_dir(&d).unwrap().count(),
+            1,
+            "no temp file left"
+        );
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 

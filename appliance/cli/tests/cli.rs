@@ -100,6 +100,39 @@ fn value<'a>(conf: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("{key} missing in\n{conf}"))
 }
 
+/// A table's cells, cut where the header's words start: so a value shifted out of
+/// its column, or a missing header, fails the comparison.
+fn columns(table: &str) -> Vec<Vec<String>> {
+    let mut lines = table.lines();
+    let header = lines.next().unwrap_or_default();
+    let mut starts = vec![0];
+    let b = header.as_bytes();
+    for i in 1..b.len() {
+        // A column starts after two spaces (one space may be inside a header).
+        if b[i] != b' ' && i >= 2 && b[i - 1] == b' ' && b[i - 2] == b' ' {
+            starts.push(i);
+        }
+    }
+    std::iter::once(header)
+        .chain(lines)
+        .map(|l| {
+            starts
+                .iter()
+                .enumerate()
+                .map(|(k, &a)| {
+                    let z = starts.get(k + 1).copied().unwrap_or(l.len()).min(l.len());
+                    let cell = l.get(a.min(l.len())..z).unwrap_or_default();
+                    assert!(
+                        a == 0 || l.as_bytes().get(a - 1).is_none_or(|c| *c == b' '),
+                        "a cell runs into column {k} of:\n{table}"
+                    );
+                    cell.trim().to_string()
+                })
+                .collect()
+        })
+        .collect()
+}
+
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
 }
@@ -119,8 +152,18 @@ fn network_lifecycle() {
         .fails(&["network", "create", "net1", "--cidr", "10.0.0.0/24"])
         .contains("already exists"));
     let list = s.ok(&["network", "list"]);
-    assert!(
-        list.starts_with("net1\t10.0.0.0/24\t10.0.0.2\t0/3 clients\t198.51.100.7:1194"),
+    assert_eq!(
+        columns(&list),
+        [
+            ["NETWORK", "SUBNET", "APPLIANCE", "CLIENTS", "ENDPOINT"],
+            [
+                "net1",
+                "10.0.0.0/24",
+                "10.0.0.2",
+                "0 of 3",
+                "198.51.100.7:1194"
+            ]
+        ],
         "{list}"
     );
     let show = s.ok(&["network", "show", "net1"]);
@@ -473,7 +516,7 @@ fn import_nova_payload() {
     s.ok(&["payload", "old", "--output", p.to_str().unwrap()]);
     assert!(s
         .ok(&["payload", "inspect", p.to_str().unwrap()])
-        .contains("valid: yes (1 clients"));
+        .contains("valid: yes (1 client;"));
     let e = s.fails(&[
         "network",
         "import-nova",
@@ -550,9 +593,16 @@ fn state_dir_flag_anywhere_and_from_the_environment() {
         String::from_utf8(o.stdout).unwrap()
     };
     let dir = s.0.to_str().unwrap();
-    assert!(run(&["network", "list", "--state-dir", dir], None).starts_with("net1"));
-    assert!(run(&["--state-dir", dir, "network", "list"], None).starts_with("net1"));
-    assert!(run(&["network", "list"], Some(&s.0)).starts_with("net1"));
+    let first = |list: String| columns(&list)[1][0].clone();
+    assert_eq!(
+        first(run(&["network", "list", "--state-dir", dir], None)),
+        "net1"
+    );
+    assert_eq!(
+        first(run(&["--state-dir", dir, "network", "list"], None)),
+        "net1"
+    );
+    assert_eq!(first(run(&["network", "list"], Some(&s.0))), "net1");
 }
 
 #[test]
@@ -1031,14 +1081,15 @@ struct WgNamespace {
 impl WgNamespace {
     /// Create the namespace and start wireguard-go in the foreground; return once
     /// it says its UAPI socket is listening (its own log line, not a timer).
-    fn start() -> WgNamespace {
+    /// `tag` (one letter) tells apart the tests of this process running at once.
+    fn start(tag: &str) -> WgNamespace {
         use std::io::BufRead;
         let pid = std::process::id();
         let mut me = WgNamespace {
-            ns: format!("cpcli-{pid}"),
+            ns: format!("cpcli-{pid}{tag}"),
             // UAPI sockets (/var/run/wireguard/IFACE.sock) are shared by every
             // namespace: the name must be unique on the machine.
-            iface: format!("cpw{pid}"),
+            iface: format!("cpw{pid}{tag}"),
             daemon: None,
         };
         let _ = std::fs::remove_file(me.socket());
@@ -1102,8 +1153,8 @@ impl Drop for WgNamespace {
 /// `wg setconf`, from Debian's wireguard-tools, accepts the stripped config on a
 /// wireguard-go interface in a namespace of our own, and the interface then holds
 /// the client's key pair and the server as its peer.
-#[test]
-fn wg_setconf_accepts_the_stripped_config() {
+/// Root and the WireGuard tools, or the test is skipped (saying why).
+fn can_run_wireguard(test: &str) -> bool {
     let have = |b: &str| {
         Command::new("sh")
             .args(["-c", &format!("command -v {b}")])
@@ -1111,13 +1162,19 @@ fn wg_setconf_accepts_the_stripped_config() {
             .is_ok_and(|o| o.status.success())
     };
     if !nix::unistd::geteuid().is_root() {
-        eprintln!(
-            "skipped wg_setconf_accepts_the_stripped_config: needs root (network namespaces)"
-        );
-        return;
+        eprintln!("skipped {test}: needs root (network namespaces)");
+        return false;
     }
     if let Some(missing) = ["wg", "wireguard-go", "ip"].into_iter().find(|b| !have(b)) {
-        eprintln!("skipped wg_setconf_accepts_the_stripped_config: {missing} is not installed (scripts/install-deps)");
+        eprintln!("skipped {test}: {missing} is not installed (scripts/install-deps)");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn wg_setconf_accepts_the_stripped_config() {
+    if !can_run_wireguard("wg_setconf_accepts_the_stripped_config") {
         return;
     }
     let s = State::new("wg");
@@ -1134,7 +1191,7 @@ fn wg_setconf_accepts_the_stripped_config() {
     let file = s.0.join("alice.stripped");
     std::fs::write(&file, &stripped).unwrap();
 
-    let ns = WgNamespace::start();
+    let ns = WgNamespace::start("a");
     let o = ns.wg(&["setconf", &ns.iface, file.to_str().unwrap()]);
     assert!(
         o.status.success(),
@@ -1159,10 +1216,7 @@ fn wg_setconf_accepts_the_stripped_config() {
     // is the one the network stored for alice.
     let own = String::from_utf8(ns.wg(&["show", &ns.iface, "public-key"]).stdout).unwrap();
     let listed = s.ok(&["client", "list", "net1"]);
-    assert!(
-        listed.contains(&format!("\t{}\t", own.trim())),
-        "{own} not in\n{listed}"
-    );
+    assert_eq!(columns(&listed)[1][4], own.trim(), "{listed}");
 
     // The unstripped file is refused: it is a wg-quick file, not a wg one.
     let raw = s.0.join("alice.conf");
@@ -1258,7 +1312,7 @@ fn inspect_says_whether_the_payload_validates() {
         .unwrap();
     assert!(
         text.contains(&format!(
-            "valid: yes (1 clients; server public key {server_pub})"
+            "valid: yes (1 client; server public key {server_pub})"
         )),
         "{text}"
     );
@@ -1405,7 +1459,7 @@ fn list_shows_the_readable_networks_when_one_is_damaged() {
     assert_eq!(o.status.code(), Some(1));
     let out = String::from_utf8(o.stdout).unwrap();
     let err = String::from_utf8(o.stderr).unwrap();
-    assert!(out.starts_with("net2\t10.0.1.0/24"), "{out}");
+    assert_eq!(columns(&out)[1][..2], ["net2", "10.0.1.0/24"], "{out}");
     assert!(err.contains("network net1: parsing"), "{err}");
 }
 
@@ -1456,7 +1510,7 @@ fn crash_leftovers_are_ignored() {
     std::fs::write(s.0.join("net1/clients/.alice.json.tmp.999"), b"{ half").unwrap();
     let conf = s.ok(&["client", "add", "net1", "alice"]);
     assert_eq!(value(&conf, "Address"), "10.0.0.250/32");
-    assert!(s.ok(&["network", "list"]).starts_with("net1\t"));
+    assert_eq!(columns(&s.ok(&["network", "list"]))[1][0], "net1");
 }
 
 #[test]
@@ -1593,16 +1647,16 @@ fn client_lifecycles_follow_the_naive_model() {
         }
         // The stored clients are the model's.
         let listed = s.ok(&["client", "list", "net1"]);
-        let mut got: Vec<(String, String, St)> = listed
-            .lines()
-            .map(|l| {
-                let f: Vec<&str> = l.split('\t').collect();
-                let st = match f[3] {
+        let mut got: Vec<(String, String, St)> = columns(&listed)
+            .into_iter()
+            .skip(1)
+            .map(|f| {
+                let st = match f[2].as_str() {
                     "active" => St::Active,
                     "revoked" => St::Released,
                     _ => St::Held,
                 };
-                (f[0].to_string(), f[1].to_string(), st)
+                (f[0].clone(), f[1].clone(), st)
             })
             .collect();
         got.sort();
@@ -1648,4 +1702,735 @@ fn status_port_and_endpoint_travel_in_the_payload() {
     let plain = State::new("status-port-off");
     plain.create(&[]);
     assert!(!plain.ok(&["openstack", "net1"]).contains("--protocol tcp"));
+}
+
+/// What a new user types first, and the errors that say what is wrong and how to
+/// write it instead.
+#[test]
+fn create_mistakes_are_named_with_the_fix() {
+    let s = State::new("mistakes");
+    let e = s.fails(&["network", "create", "n", "--cidr", "10.20.30.0"]);
+    assert!(
+        e.contains("prefix length is missing") && e.contains("10.20.30.0/24"),
+        "{e}"
+    );
+    let e = s.fails(&[
+        "network",
+        "create",
+        "n",
+        "--cidr",
+        "10.20.30.0/24",
+        "--clients",
+        "0",
+    ]);
+    assert!(
+        e.contains("--clients: a pool holds at least 1 client"),
+        "{e}"
+    );
+    let e = s.fails(&[
+        "network",
+        "create",
+        "n",
+        "--cidr",
+        "10.20.30.0/24",
+        "--endpoint",
+        "https://vpn.example.com",
+    ]);
+    assert!(
+        e.contains("is a URL")
+            && e.contains("host name or address")
+            && e.contains("\"vpn.example.com\""),
+        "{e}"
+    );
+    assert!(s.ok(&["network", "list"]).is_empty(), "nothing was created");
+    s.create(&[]);
+    let e = s.fails(&["network", "set-endpoint", "net1", "udp://203.0.113.9:1194"]);
+    assert!(
+        e.contains("is a URL") && e.contains("203.0.113.9:1194"),
+        "{e}"
+    );
+}
+
+/// `--output` and `--qr-png` never replace a file unless --force, and a refusal
+/// adds nothing.
+#[test]
+fn output_files_are_replaced_only_with_force() {
+    let s = State::new("force");
+    s.create(&[]);
+    let conf = s.0.join("bob.conf");
+    let png = s.0.join("bob.png");
+    for (flag, path) in [("--output", &conf), ("--qr-png", &png)] {
+        std::fs::write(path, b"keep me").unwrap();
+        let e = s.fails(&["client", "add", "net1", "bob", flag, path.to_str().unwrap()]);
+        assert!(
+            e.contains(&path.display().to_string()) && e.contains("--force"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(path).unwrap(), b"keep me");
+        assert!(
+            s.ok(&["client", "list", "net1"]).is_empty(),
+            "bob was added"
+        );
+    }
+    s.ok(&[
+        "client",
+        "add",
+        "net1",
+        "bob",
+        "--output",
+        conf.to_str().unwrap(),
+        "--qr-png",
+        png.to_str().unwrap(),
+        "--force",
+    ]);
+    assert_eq!(
+        value(&std::fs::read_to_string(&conf).unwrap(), "Address"),
+        "10.0.0.250/32"
+    );
+    assert_eq!(&std::fs::read(&png).unwrap()[..4], b"\x89PNG");
+    assert_eq!(mode(&conf), 0o600);
+    assert_eq!(mode(&png), 0o600);
+}
+
+/// `--encoding zip` to a terminal is refused (binary), as the help says; to a pipe
+/// it is written. The terminal is a real pseudo-terminal (util-linux `script`).
+#[test]
+fn zip_payload_is_refused_on_a_terminal() {
+    let s = State::new("tty");
+    s.create(&[]);
+    let cmd = format!(
+        "{} --state-dir {} payload net1 --encoding zip",
+        env!("CARGO_BIN_EXE_cloudpipe"),
+        s.0.display()
+    );
+    let o = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let seen = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{seen}");
+    assert!(seen.contains("binary: use --output FILE"), "{seen}");
+    assert!(!seen.contains("PK"), "zip bytes reached the terminal");
+    assert!(!s.0.join("net1/baseline.json").exists());
+    let piped = s.run(&["payload", "net1", "--encoding", "zip"]);
+    assert!(piped.status.success());
+    assert_eq!(&piped.stdout[..2], b"PK");
+}
+
+/// Read the QR code in a PNG back, as a phone's scanner would.
+fn scan_png(bytes: &[u8]) -> String {
+    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let (w, h) = (info.width as usize, info.height as usize);
+    let mut img = rqrr::PreparedImage::prepare_from_greyscale(w, h, |x, y| buf[y * w + x]);
+    let grids = img.detect_grids();
+    assert_eq!(grids.len(), 1, "one QR code");
+    grids[0].decode().expect("the QR code decodes").1
+}
+
+/// The blueprint's "retrieve credentials": the config again, as text, terminal QR
+/// code or PNG, while the client is active.
+#[test]
+fn client_show_gives_the_credentials_again() {
+    let s = State::new("again");
+    s.create(&[]);
+    let conf = s.ok(&["client", "add", "net1", "alice"]);
+    assert_eq!(s.ok(&["client", "show", "net1", "alice", "--config"]), conf);
+    let qr = s.ok(&["client", "show", "net1", "alice", "--qr"]);
+    assert!(qr.contains('█') && !qr.contains("PrivateKey"), "{qr}");
+    let png = s.0.join("alice.png");
+    s.ok(&[
+        "client",
+        "show",
+        "net1",
+        "alice",
+        "--qr-png",
+        png.to_str().unwrap(),
+    ]);
+    assert_eq!(scan_png(&std::fs::read(&png).unwrap()), conf);
+    assert_eq!(mode(&png), 0o600);
+    s.ok(&["client", "revoke", "net1", "alice"]);
+    for flag in ["--config", "--qr"] {
+        let e = s.fails(&["client", "show", "net1", "alice", flag]);
+        assert!(e.contains("revoked"), "{e}");
+    }
+}
+
+/// Not root, no state directory of one's own: the error names --state-dir and
+/// CLOUDPIPE_STATE_DIR instead of a bare "Permission denied". Root only (it runs the
+/// CLI as nobody with setpriv).
+#[test]
+fn a_user_without_a_writable_state_dir_is_told_where_to_keep_state() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to run the CLI as another user");
+        return;
+    }
+    let s = State::new("perm");
+    // Root's, 0700: nobody can neither create it nor write into it.
+    std::fs::create_dir_all(&s.0).unwrap();
+    std::fs::set_permissions(&s.0, std::fs::Permissions::from_mode(0o700)).unwrap();
+    for dir in [s.0.clone(), s.0.join("inner")] {
+        let o = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                env!("CARGO_BIN_EXE_cloudpipe"),
+                "network",
+                "list",
+            ])
+            .env("CLOUDPIPE_STATE_DIR", &dir)
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{e}");
+        assert!(
+            e.contains(&dir.display().to_string())
+                && e.contains("--state-dir")
+                && e.contains("CLOUDPIPE_STATE_DIR"),
+            "{e}"
+        );
+    }
+}
+
+/// Lists have a header and aligned columns; every count agrees in number.
+#[test]
+fn lists_have_headers_aligned_columns_and_counts_that_agree() {
+    let s = State::new("lists");
+    let o = s.run(&[
+        "network",
+        "create",
+        "net1",
+        "--cidr",
+        "10.0.0.0/24",
+        "--clients",
+        "2",
+        "--endpoint",
+        "vpn",
+    ]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("(2 clients)"));
+    let o = s.run(&[
+        "network",
+        "create",
+        "a-longer-name",
+        "--cidr",
+        "10.0.1.0/24",
+        "--clients",
+        "1",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("(1 client)"),
+        "{o:?}"
+    );
+    let show = s.ok(&["network", "show", "a-longer-name"]);
+    assert!(show.contains("10.0.1.254-10.0.1.254 (1 address)"), "{show}");
+    let list = s.ok(&["network", "list"]);
+    assert_eq!(
+        columns(&list),
+        [
+            ["NETWORK", "SUBNET", "APPLIANCE", "CLIENTS", "ENDPOINT"],
+            [
+                "a-longer-name",
+                "10.0.1.0/24",
+                "10.0.1.2",
+                "0 of 1",
+                "(none)"
+            ],
+            ["net1", "10.0.0.0/24", "10.0.0.2", "0 of 2", "vpn:1194"],
+        ],
+        "{list}"
+    );
+
+    let alice = s.ok(&["client", "add", "net1", "alice-with-a-long-name"]);
+    s.ok(&["client", "add", "net1", "bob"]);
+    let list = s.ok(&["client", "list", "net1"]);
+    let rows = columns(&list);
+    let first3: Vec<&[String]> = rows.iter().map(|r| &r[..3]).collect();
+    assert_eq!(
+        first3,
+        [
+            ["NAME", "ADDRESS", "STATUS"],
+            ["alice-with-a-long-name", "10.0.0.253", "active"],
+            ["bob", "10.0.0.254", "active"],
+        ],
+        "{list}"
+    );
+    assert_eq!(rows[0][3..], ["NETWORKS", "PUBLIC KEY"]);
+    assert_eq!(rows[2][3], "net1");
+    let shown = s.ok(&["client", "show", "net1", "bob"]);
+    assert!(
+        shown.contains(&format!("public key: {}\n", rows[2][4])),
+        "{list}"
+    );
+    assert!(!list.contains('\t') && !list.contains(value(&alice, "PrivateKey")));
+
+    s.ok(&["client", "revoke", "net1", "bob"]);
+    let o = s.run(&["payload", "net1"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("payload for net1: 1 client,"),
+        "{o:?}"
+    );
+    s.ok(&["client", "revoke", "net1", "alice-with-a-long-name"]);
+    let o = s.run(&["publish", "net1", "--done"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("1 revoked address returned"),
+        "{o:?}"
+    );
+}
+
+/// wg-quick and the apps name the tunnel after the config file: the CLI suggests
+/// and writes only names they take (`[a-zA-Z0-9_=+.-]{1,15}` then `.conf`).
+#[test]
+fn config_file_names_work_as_interface_names() {
+    let s = State::new("ifname");
+    s.ok(&[
+        "network",
+        "create",
+        "a-network-name-of-31-characters",
+        "--cidr",
+        "10.0.0.0/24",
+        "--endpoint",
+        "vpn",
+    ]);
+    let net = "a-network-name-of-31-characters";
+    for bad in [
+        "a-network-name-of-31-characters.conf",
+        "alice@home.conf",
+        "alice.txt",
+    ] {
+        let path = s.0.join(bad);
+        let e = s.fails(&[
+            "client",
+            "add",
+            net,
+            "alice",
+            "--output",
+            path.to_str().unwrap(),
+        ]);
+        assert!(
+            e.contains("name the tunnel after the file")
+                && e.contains(&format!("{}.conf", s.0.join("a-network-name-").display())),
+            "{e}"
+        );
+        assert!(!path.exists());
+    }
+    assert!(
+        s.ok(&["client", "list", net]).is_empty(),
+        "nothing was added"
+    );
+    let o = s.run(&["client", "add", net, "alice"]);
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        said.contains("save the config as a-network-name-.conf"),
+        "{said}"
+    );
+    let ok = s.0.join("a-network-name-.conf");
+    s.ok(&[
+        "client",
+        "add",
+        net,
+        "bob",
+        "--output",
+        ok.to_str().unwrap(),
+    ]);
+    // wg-quick itself takes the name (it parses the file before any interface work;
+    // `strip` does only that).
+    let o = Command::new("wg-quick")
+        .arg("strip")
+        .arg(&ok)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// `wg ARGS` with `input` on standard input; its standard output, trimmed.
+fn wg_tool(args: &[&str], input: &str) -> String {
+    let mut child = Command::new("wg")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "wg {args:?}");
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
+
+/// A key made by `wg genkey` on "the user's device": the CLI registers its public
+/// half, never holds the private one, and prints a config with a placeholder that
+/// wg refuses until the key is put in, after which `wg setconf` takes it and the
+/// interface has exactly the registered public key.
+#[test]
+fn a_key_made_on_the_device_never_reaches_the_cli() {
+    if !can_run_wireguard("a_key_made_on_the_device_never_reaches_the_cli") {
+        return;
+    }
+    let private = wg_tool(&["genkey"], "");
+    let public = wg_tool(&["pubkey"], &private);
+    let s = State::new("ownkey");
+    s.create(&["--route", "192.168.50.0/24"]);
+    let e = s.fails(&["client", "add", "net1", "dave", "--public-key", "not-a-key"]);
+    assert!(e.contains("--public-key") && e.contains("wg pubkey"), "{e}");
+    let e = s.fails(&[
+        "client",
+        "add",
+        "net1",
+        "dave",
+        "--public-key",
+        &public,
+        "--qr",
+    ]);
+    assert!(e.contains("stays on its device"), "{e}");
+    let o = s.run(&["client", "add", "net1", "dave", "--public-key", &public]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let conf = String::from_utf8(o.stdout.clone()).unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("stays on the device"),
+        "{o:?}"
+    );
+    let placeholder = format!("<the private key of {public}>");
+    assert_eq!(value(&conf, "PrivateKey"), placeholder);
+    assert_eq!(value(&conf, "Address"), "10.0.0.250/32");
+    assert_eq!(s.ok(&["client", "show", "net1", "dave", "--config"]), conf);
+    assert!(s
+        .ok(&["client", "show", "net1", "dave"])
+        .contains("made on the client's device"));
+    // The private key is nowhere in the state directory; the public one is.
+    let mut found_public = false;
+    for f in walk(&s.0) {
+        let text = String::from_utf8_lossy(&std::fs::read(&f).unwrap()).into_owned();
+        assert!(
+            !text.contains(&private),
+            "{} holds the private key",
+            f.display()
+        );
+        found_public |= text.contains(&public);
+    }
+    assert!(found_public);
+    // In the payload the appliance boots with, dave is an ordinary peer.
+    let p = s.0.join("p");
+    s.ok(&["payload", "net1", "--output", p.to_str().unwrap()]);
+    assert!(s
+        .ok(&["payload", "inspect", p.to_str().unwrap()])
+        .contains(&format!("\"public_key\": \"{public}\"")));
+
+    let ns = WgNamespace::start("d");
+    let file = s.0.join("dave.stripped");
+    std::fs::write(&file, cloudpipe_core::client_config::strip(&conf)).unwrap();
+    let o = ns.wg(&["setconf", &ns.iface, file.to_str().unwrap()]);
+    assert!(!o.status.success(), "wg took the placeholder as a key");
+    let done = conf.replace(&placeholder, &private);
+    std::fs::write(&file, cloudpipe_core::client_config::strip(&done)).unwrap();
+    let o = ns.wg(&["setconf", &ns.iface, file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let own = String::from_utf8(ns.wg(&["show", &ns.iface, "public-key"]).stdout).unwrap();
+    assert_eq!(own.trim(), public);
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The blueprint's use case 2: one user in several networks gets one key pair, an
+/// address in each pool and one wg-quick file with a [Peer] per appliance;
+/// destinations that would overlap are refused naming both networks; revoking in
+/// one network leaves the others; `client list` shows the networks.
+#[test]
+fn one_client_in_several_networks_has_one_key_and_one_config() {
+    let s = State::new("multi");
+    let net = |name: &str, cidr: &str, extra: &[&str]| {
+        let mut a = vec!["network", "create", name, "--cidr", cidr, "--endpoint"];
+        let ep = format!("{name}.example.org");
+        a.push(&ep);
+        a.extend_from_slice(extra);
+        s.ok(&a);
+    };
+    net("web", "10.1.0.0/24", &[]);
+    net("db", "10.2.0.0/24", &["--route", "192.168.50.0/24"]);
+    let pubkey = |n: &str| {
+        s.ok(&["network", "show", n])
+            .lines()
+            .find_map(|l| l.strip_prefix("public key:       ").map(str::to_string))
+            .unwrap()
+    };
+    let o = s.run(&["client", "add", "web,db", "alice"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let conf = String::from_utf8(o.stdout).unwrap();
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        said.contains("added client alice to web (10.1.0.250), db (10.2.0.250)")
+            && said.contains("save the config as db+web.conf"),
+        "{said}"
+    );
+    // db pushes a route outside its subnet: its address comes first, the one the
+    // kernel gives that route's traffic.
+    assert_eq!(value(&conf, "Address"), "10.2.0.250/24, 10.1.0.250/24");
+    assert_eq!(conf.matches("PrivateKey = ").count(), 1);
+    let peers: Vec<(&str, &str, &str)> = conf
+        .split("[Peer]")
+        .skip(1)
+        .map(|p| {
+            (
+                value(p, "PublicKey"),
+                value(p, "Endpoint"),
+                value(p, "AllowedIPs"),
+            )
+        })
+        .collect();
+    let (web_key, db_key) = (pubkey("web"), pubkey("db"));
+    assert_eq!(
+        peers,
+        [
+            (
+                db_key.as_str(),
+                "db.example.org:1194",
+                "10.2.0.0/24, 192.168.50.0/24"
+            ),
+            (web_key.as_str(), "web.example.org:1194", "10.1.0.0/24"),
+        ]
+    );
+    let stripped = Command::new("sh")
+        .arg("-c")
+        .arg("f=$(mktemp -d)/db+web.conf; cat > \"$f\"; wg-quick strip \"$f\"")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(conf.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        stripped.status.success(),
+        "wg-quick strip refused the config"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&stripped.stdout)
+            .matches("[Peer]")
+            .count(),
+        2
+    );
+    // One key pair: the same public key in both networks, and in both payloads.
+    let web_list = columns(&s.ok(&["client", "list", "web"]));
+    let db_list = columns(&s.ok(&["client", "list", "db"]));
+    assert_eq!(
+        web_list[1][..4],
+        ["alice", "10.1.0.250", "active", "db,web"]
+    );
+    assert_eq!(db_list[1][..4], ["alice", "10.2.0.250", "active", "db,web"]);
+    assert_eq!(web_list[1][4], db_list[1][4]);
+    for n in ["web", "db"] {
+        assert_eq!(s.ok(&["client", "show", n, "alice", "--config"]), conf);
+    }
+
+    // Overlapping destinations are refused, naming both networks; nothing is added.
+    net("dup", "10.1.0.0/25", &[]);
+    let e = s.fails(&["client", "add", "dup", "alice"]);
+    assert!(
+        e.contains("network dup's subnet 10.1.0.0/25 overlaps network web's subnet 10.1.0.0/24"),
+        "{e}"
+    );
+    net("ext", "10.4.0.0/24", &["--route", "172.16.0.0/12"]);
+    let e = s.fails(&["client", "add", "ext,db", "bob"]);
+    assert!(e.contains("networks db and ext both push routes"), "{e}");
+    for n in ["dup", "ext"] {
+        assert!(s.ok(&["client", "list", n]).is_empty(), "added to {n}");
+    }
+    let e = s.fails(&["client", "add", "web,nope", "bob"]);
+    assert!(e.contains("no network \"nope\""), "{e}");
+    assert_eq!(
+        columns(&s.ok(&["client", "list", "web"])).len(),
+        2,
+        "bob added"
+    );
+
+    // Revoked in db, alice keeps web: her config is now web alone.
+    let o = s.run(&["client", "revoke", "db", "alice"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("alice stays a client of web"),
+        "{o:?}"
+    );
+    let web_only = s.ok(&["client", "show", "web", "alice", "--config"]);
+    assert_eq!(value(&web_only, "Address"), "10.1.0.250/32");
+    assert_eq!(web_only.matches("[Peer]").count(), 1);
+    assert_eq!(value(&web_only, "PublicKey"), web_key);
+    assert_eq!(value(&web_only, "PrivateKey"), value(&conf, "PrivateKey"));
+    assert_eq!(columns(&s.ok(&["client", "list", "web"]))[1][3], "web");
+    assert!(s
+        .fails(&["client", "show", "db", "alice", "--config"])
+        .contains("revoked"));
+
+    // Joining another network later keeps the key; the config covers both.
+    net("lab", "10.3.0.0/24", &[]);
+    let o = s.run(&["client", "add", "lab", "alice"]);
+    let joined = String::from_utf8(o.stdout.clone()).unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("replaces the one alice had"),
+        "{o:?}"
+    );
+    assert_eq!(value(&joined, "PrivateKey"), value(&conf, "PrivateKey"));
+    assert_eq!(value(&joined, "Address"), "10.3.0.250/24, 10.1.0.250/24");
+    // A key belongs to one client.
+    let alice_pub = &columns(&s.ok(&["client", "list", "web"]))[1][4];
+    let e = s.fails(&["client", "add", "lab", "carol", "--public-key", alice_pub]);
+    assert!(e.contains("client \"alice\"'s"), "{e}");
+}
+
+/// Every config the CLI accepts reaches the device as a file, and as a QR code when
+/// one can hold it: a long config gets the lower error-correction level that fits;
+/// one too long for any QR code is refused with its size and the way that works,
+/// before the client is added.
+#[test]
+fn long_configs_get_a_qr_code_that_fits_or_a_clear_no() {
+    let s = State::new("longqr");
+    let routes = |n: usize| -> Vec<String> {
+        (0..n)
+            .flat_map(|i| {
+                [
+                    "--route".to_string(),
+                    format!("10.{}.{}.0/24", 100 + i / 256, i % 256),
+                ]
+            })
+            .collect()
+    };
+    let create = |name: &str, cidr: &str, n: usize| {
+        let mut a: Vec<String> = [
+            "network",
+            "create",
+            name,
+            "--cidr",
+            cidr,
+            "--endpoint",
+            "vpn",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(routes(n));
+        s.ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    };
+    // About 2500 bytes: past what a QR code holds at level M (2331), within L.
+    create("long", "10.0.0.0/24", 145);
+    let png = s.0.join("long.png");
+    let o = s.run(&[
+        "client",
+        "add",
+        "long",
+        "alice",
+        "--qr-png",
+        png.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let conf = s.ok(&["client", "show", "long", "alice", "--config"]);
+    assert!(conf.len() > 2331, "{}", conf.len());
+    assert_eq!(scan_png(&std::fs::read(&png).unwrap()), conf);
+
+    create("longer", "10.1.0.0/24", 230);
+    let e = s.fails(&["client", "add", "longer", "bob", "--qr"]);
+    assert!(
+        e.contains("more than any QR code holds (2953 bytes") && e.contains("--output"),
+        "{e}"
+    );
+    assert!(
+        s.ok(&["client", "list", "longer"]).is_empty(),
+        "bob was added"
+    );
+    let file = s.0.join("longer.conf");
+    s.ok(&[
+        "client",
+        "add",
+        "longer",
+        "bob",
+        "--output",
+        file.to_str().unwrap(),
+    ]);
+    assert!(std::fs::read_to_string(&file).unwrap().len() > 2953);
+}
+
+/// Commands that lock several networks (adds to two networks, lists and shows that
+/// look at every network, revokes that look at the others) run at once without
+/// waiting on each other in a cycle: all finish.
+#[test]
+fn commands_across_networks_never_deadlock() {
+    let s = State::new("deadlock");
+    for (n, cidr) in [("a", "10.1.0.0/24"), ("b", "10.2.0.0/24")] {
+        s.ok(&[
+            "network",
+            "create",
+            n,
+            "--cidr",
+            cidr,
+            "--clients",
+            "60",
+            "--endpoint",
+            "vpn",
+        ]);
+    }
+    s.ok(&["client", "add", "a,b", "first"]);
+    let spawn = |args: Vec<String>| {
+        Command::new(env!("CARGO_BIN_EXE_cloudpipe"))
+            .arg("--state-dir")
+            .arg(&s.0)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut children = Vec::new();
+    for i in 0..12 {
+        let args: Vec<&str> = match i % 4 {
+            0 => vec!["client", "list", "b"],
+            1 => vec!["client", "list", "a"],
+            2 => vec!["client", "show", "b", "first", "--config"],
+            _ => vec!["client", "add", "a,b", "x"],
+        };
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        if let Some(last) = args.last_mut().filter(|a| *a == "x") {
+            *last = format!("c{i}");
+        }
+        children.push(spawn(args));
+    }
+    children.push(spawn(
+        ["client", "revoke", "b", "first"]
+            .map(String::from)
+            .to_vec(),
+    ));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !children.is_empty() {
+        children.retain_mut(|c| c.try_wait().unwrap().is_none());
+        if std::time::Instant::now() > deadline {
+            // Ours, by PID: none is left waiting after the test.
+            for c in &mut children {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            panic!(
+                "{} commands still wait after 60 s: a lock cycle",
+                children.len()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let list = columns(&s.ok(&["client", "list", "a"]));
+    assert_eq!(list.len(), 5, "first and three adds: {list:?}");
 }

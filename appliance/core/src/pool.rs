@@ -16,6 +16,8 @@ pub enum PoolError {
     OutsideSubnet { addr: Ipv4Addr, subnet: Ipv4Network },
     #[error("{addr} is the subnet's {what} and cannot be handed to a client")]
     Reserved { addr: Ipv4Addr, what: &'static str },
+    #[error("a pool holds at least 1 client (0 given)")]
+    NoClients,
     #[error("{clients} clients do not fit below broadcast in {subnet} (at most {max})")]
     TooMany {
         clients: u32,
@@ -75,7 +77,10 @@ impl Pool {
         let max = broadcast
             .saturating_sub(network)
             .saturating_sub(1 + reserved.len() as u32);
-        if clients == 0 || clients > max {
+        if clients == 0 {
+            return Err(PoolError::NoClients);
+        }
+        if clients > max {
             return Err(PoolError::TooMany {
                 clients,
                 subnet,
@@ -175,7 +180,10 @@ mod tests {
                 max: 4
             })
         );
-        assert!(Pool::nova_default(net("10.0.0.0/24"), 0, &RES).is_err());
+        assert_eq!(
+            Pool::nova_default(net("10.0.0.0/24"), 0, &RES),
+            Err(PoolError::NoClients)
+        );
     }
 
     #[test]

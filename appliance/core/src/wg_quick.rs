@@ -525,7 +525,10 @@ mod tests {
             "198.51.100.7:1194".into(),
         );
         let w = parse(&c.render()).unwrap();
-        assert_eq!(w.interface.private_key, c.private_key);
+        let crate::client_config::ClientKey::Private(key) = &c.key else {
+            panic!("a held key")
+        };
+        assert_eq!(w.interface.private_key, *key);
         assert_eq!(
             w.interface.addresses,
             vec!["10.0.0.252/32".parse().unwrap()]
@@ -534,7 +537,8 @@ mod tests {
         assert_eq!(w.peers[0].endpoint.as_deref(), Some("198.51.100.7:1194"));
         assert_eq!(
             w.peers[0].allowed_ips,
-            c.allowed_ips
+            c.peers[0]
+                .allowed_ips
                 .iter()
                 .map(|n| IpNetwork::V4(*n))
                 .collect::<Vec<_>>()

@@ -51,6 +51,27 @@ fn open(state: &StateDir, name: &str) -> Result<Network> {
     Network::open(state.network_dir(name))
 }
 
+/// `1 client`, `2 clients`: a count that agrees in number.
+fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// Rows under a header, in columns aligned with spaces (two between columns).
+fn table(header: &[&str], rows: &[Vec<String>]) -> Result<String> {
+    use std::io::Write;
+    let mut tw = tabwriter::TabWriter::new(Vec::new()).padding(2);
+    for row in std::iter::once(header.iter().map(|h| h.to_string()).collect()).chain(rows.to_vec())
+    {
+        writeln!(tw, "{}", row.join("\t"))?;
+    }
+    let bytes = tw.into_inner().context("aligning a table")?;
+    // Trailing padding of the last column is never wanted.
+    Ok(String::from_utf8(bytes)?
+        .lines()
+        .map(|l| format!("{}\n", l.trim_end()))
+        .collect())
+}
+
 /// The server name the `openstack` command gives the appliance.
 fn server_name(network: &str) -> String {
     format!("cloudpipe-{network}")
@@ -101,6 +122,31 @@ mod tests {
         assert_eq!(sh("$(rm -rf /)"), "'$(rm -rf /)'");
         // base64 keys carry '+', '/' and '='.
         assert_eq!(sh("k=v1 ab+/c="), "'k=v1 ab+/c='");
+    }
+
+    #[test]
+    fn counts_agree_in_number() {
+        assert_eq!(count(0, "client", "clients"), "0 clients");
+        assert_eq!(count(1, "client", "clients"), "1 client");
+        assert_eq!(count(2, "address", "addresses"), "2 addresses");
+    }
+
+    #[test]
+    fn tables_have_a_header_and_aligned_columns() {
+        let t = table(
+            &["NAME", "ADDRESS"],
+            &[
+                vec!["alice".into(), "10.0.0.250".into()],
+                vec!["a-much-longer-name".into(), "10.0.0.251".into()],
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            t,
+            "NAME                ADDRESS\n\
+             alice               10.0.0.250\n\
+             a-much-longer-name  10.0.0.251\n"
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `cloudpipe network ...`: create (or import from Nova), list, show, set-endpoint,
 //! delete.
 
-use super::{open, read_payload};
+use super::{count, open, read_payload, table};
 use crate::cli::{NetworkCmd, NetworkOptions};
 use crate::model::{build_config, server_key_path, Network, NetworkFile, Status};
 use crate::state::{self, StateDir};
@@ -32,31 +32,48 @@ pub fn run(state: &StateDir, cmd: NetworkCmd) -> Result<()> {
             let _lock = state.lock()?;
             // One unreadable network does not hide the others.
             let mut unreadable = 0;
+            let mut rows = Vec::new();
             for name in state.networks()? {
-                let line = Network::open(state.network_dir(&name)).and_then(|net| {
+                let row = Network::open(state.network_dir(&name)).and_then(|net| {
                     let active = net
                         .clients
                         .iter()
                         .filter(|c| c.status == Status::Active)
                         .count();
-                    Ok(format!(
-                        "{name}\t{}\t{}\t{active}/{} clients\t{}",
-                        net.file.cidr,
-                        net.file.address,
-                        net.config()?.pool.len(),
-                        net.file.endpoint.as_deref().unwrap_or("(no endpoint)")
-                    ))
+                    Ok(vec![
+                        name.clone(),
+                        net.file.cidr.clone(),
+                        net.file.address.to_string(),
+                        format!("{active} of {}", net.config()?.pool.len()),
+                        net.file.endpoint.clone().unwrap_or_else(|| "(none)".into()),
+                    ])
                 });
-                match line {
-                    Ok(line) => println!("{line}"),
+                match row {
+                    Ok(row) => rows.push(row),
                     Err(e) => {
                         eprintln!("cloudpipe: network {name}: {e:#}");
                         unreadable += 1;
                     }
                 }
             }
+            if rows.is_empty() && unreadable == 0 {
+                eprintln!(
+                    "no networks yet: create one with `cloudpipe network create NAME --cidr SUBNET --endpoint FLOATING_IP`"
+                );
+            } else if !rows.is_empty() {
+                print!(
+                    "{}",
+                    table(
+                        &["NETWORK", "SUBNET", "APPLIANCE", "CLIENTS", "ENDPOINT"],
+                        &rows
+                    )?
+                );
+            }
             if unreadable > 0 {
-                bail!("{unreadable} network(s) could not be read");
+                bail!(
+                    "{} could not be read",
+                    count(unreadable, "network", "networks")
+                );
             }
             Ok(())
         }
@@ -239,8 +256,12 @@ fn import_nova(
     };
     create(state, name, &opts, Origin::ImportNova)?;
     eprintln!(
-        "imported from Nova's payload: {why} clients, routes {:?}, client-to-client on",
-        opts.routes
+        "imported from Nova's payload: clients {why}, routes {}, client-to-client on",
+        if opts.routes.is_empty() {
+            "none".to_string()
+        } else {
+            opts.routes.join(", ")
+        }
     );
     Ok(())
 }
@@ -254,6 +275,23 @@ pub fn normalize_endpoint(endpoint: &str, default_port: u16) -> Result<String> {
     let e = endpoint.trim();
     if e.is_empty() || e.contains(char::is_whitespace) {
         bail!("endpoint {endpoint:?}: expected HOST[:PORT]");
+    }
+    if let Some((_, rest)) = e.split_once("://") {
+        let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        bail!(
+            "endpoint {endpoint:?} is a URL: expected a host name or address, HOST[:PORT] \
+             (WireGuard speaks UDP, not HTTP), e.g. {:?}",
+            if host.is_empty() {
+                "vpn.example.com"
+            } else {
+                host
+            }
+        );
+    }
+    if e.contains('/') {
+        bail!(
+            "endpoint {endpoint:?}: expected a host name or address, HOST[:PORT], without a path"
+        );
     }
     if let Some(rest) = e.strip_prefix('[') {
         // [IPv6]:port or [IPv6]
@@ -280,9 +318,22 @@ fn parse_port(p: &str) -> Result<u16> {
     }
 }
 
+/// `--cidr`: a subnet with its prefix length (a bare address would be a /32, which
+/// holds no clients).
+fn parse_subnet(cidr: &str) -> Result<ipnetwork::Ipv4Network> {
+    if !cidr.contains('/') {
+        bail!(
+            "--cidr {cidr:?}: the prefix length is missing: give the subnet as ADDRESS/PREFIX, \
+             e.g. {}/24",
+            cidr.trim()
+        );
+    }
+    parse_cidr(cidr).map_err(|e| anyhow::anyhow!("--cidr: {e}"))
+}
+
 fn create(state: &StateDir, name: &str, o: &NetworkOptions, origin: Origin) -> Result<()> {
     check_name(name).map_err(|r| anyhow::anyhow!("network name {name:?}: {r}"))?;
-    let subnet = parse_cidr(&o.cidr).map_err(|e| anyhow::anyhow!("--cidr: {e}"))?;
+    let subnet = parse_subnet(&o.cidr)?;
     let mtu = tunnel_mtu(o.mtu)
         .filter(|_| o.mtu <= MAX_MTU)
         .ok_or_else(|| {
@@ -371,11 +422,11 @@ fn create(state: &StateDir, name: &str, o: &NetworkOptions, origin: Origin) -> R
     // network.json is written last: it is what makes the network exist.
     state::write_json(&dir.join("network.json"), &file, 0o600)?;
     eprintln!(
-        "created network {name}: {} gateway {gateway}, appliance {address}, pool {}-{} ({} clients)",
+        "created network {name}: {} gateway {gateway}, appliance {address}, pool {}-{} ({})",
         file.cidr,
         pool.first(),
         pool.last(),
-        pool.len()
+        count(pool.len() as usize, "client", "clients")
     );
     eprintln!(
         "clients get MTU {mtu}, for a tenant network of MTU {} (read it with \
@@ -409,10 +460,10 @@ fn show(net: &Network) -> Result<()> {
         None => println!("mtu:              {}", f.mtu),
     }
     println!(
-        "pool:             {}-{} ({} addresses)",
+        "pool:             {}-{} ({})",
         config.pool.first(),
         config.pool.last(),
-        config.pool.len()
+        count(config.pool.len() as usize, "address", "addresses")
     );
     let routes: Vec<String> = config
         .client_allowed_ips()
@@ -494,5 +545,12 @@ mod tests {
         assert!(normalize_endpoint("host:0", 1194).is_err());
         assert!(normalize_endpoint("host:x", 1194).is_err());
         assert!(normalize_endpoint("", 1194).is_err());
+        let e = normalize_endpoint("https://vpn.example.com/wg", 1194).unwrap_err();
+        assert!(
+            e.to_string().contains("is a URL") && e.to_string().contains("\"vpn.example.com\""),
+            "{e}"
+        );
+        let e = normalize_endpoint("vpn.example.com/wg", 1194).unwrap_err();
+        assert!(e.to_string().contains("without a path"), "{e}");
     }
 }

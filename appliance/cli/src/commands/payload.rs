@@ -1,6 +1,6 @@
 //! `cloudpipe payload NETWORK` and `cloudpipe payload inspect FILE`.
 
-use super::{open, read_payload};
+use super::{count, open, read_payload};
 use crate::cli::{PayloadArgs, PayloadCmd};
 use crate::model::Status;
 use crate::state::{self, StateDir};
@@ -61,8 +61,8 @@ pub fn run(state: &StateDir, args: PayloadArgs) -> Result<()> {
         net.save_client(c)?;
     }
     eprintln!(
-        "payload for {network}: {} clients, {} bytes as Nova user-data (limit {MAX_USER_DATA}); launching with it makes these clients the appliance's baseline",
-        peers.len(),
+        "payload for {network}: {}, {} bytes as Nova user-data (limit {MAX_USER_DATA}); launching with it makes these clients the appliance's baseline",
+        count(peers.len(), "client", "clients"),
         payload::nova_size(&config)
     );
     Ok(())
@@ -113,8 +113,8 @@ pub fn inspect(file: &std::path::Path) -> Result<()> {
     match valid {
         Ok(config) => {
             println!(
-                "valid: yes ({} clients; server public key {})",
-                config.peers.len(),
+                "valid: yes ({}; server public key {})",
+                count(config.peers.len(), "client", "clients"),
                 config.private_key.public_key()
             );
             Ok(())

@@ -7,7 +7,7 @@
 //! run without confirming. A key in either that is no longer wanted is unset, so a
 //! revoked client never survives on the appliance through a half-confirmed publish.
 
-use super::{open, server_name, sh};
+use super::{count, open, server_name, sh};
 use crate::cli::PublishArgs;
 use crate::model::{Network, Status};
 use crate::state::StateDir;
@@ -35,7 +35,10 @@ pub fn run(state: &StateDir, args: PublishArgs) -> Result<()> {
         for c in &net.clients {
             net.save_client(c)?;
         }
-        eprintln!("recorded as published; {released} revoked address(es) returned to the pool");
+        eprintln!(
+            "recorded as published; {} returned to the pool",
+            count(released, "revoked address", "revoked addresses")
+        );
         return Ok(());
     }
     if net.baseline()?.is_none() {

@@ -512,7 +512,7 @@ mod tests {
             name: name.into(),
             address: Ipv4Addr::new(10, 0, 0, last),
             public_key: key.into(),
-            private_key: String::new(),
+            private_key: None,
             preshared_key: String::new(),
             status,
         }
