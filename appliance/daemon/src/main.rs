@@ -12,7 +12,6 @@ mod configdrive;
 mod control;
 mod dad;
 mod http;
-mod metadata;
 mod mtu;
 mod nat;
 mod notify;

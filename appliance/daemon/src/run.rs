@@ -8,7 +8,6 @@
 //! on its return the kernel objects are removed ([`plumbing::undo`]).
 
 use crate::control::{socket, web};
-use crate::metadata;
 use crate::notify::Notifier;
 use crate::plumbing::{self, Cleanup};
 use crate::privileges;
@@ -16,6 +15,7 @@ use crate::source::{self, Origin, SourceError, Sources};
 use crate::supervisor;
 use crate::tunnel;
 use cloudpipe_core::config::{Config, Peer};
+use cloudpipe_core::metadata;
 use cloudpipe_core::payload::{self, Payload, PayloadError};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
