@@ -6,12 +6,32 @@
 //! read in userspace through their Joliet tree (cloudpipe-core's
 //! `metadata::config_drive`, fuzzed): no mount, no CAP_SYS_ADMIN, and it works on
 //! kernels without isofs. vfat drives are mounted read-only in a private
-//! directory, read, and unmounted. A path to an already mounted directory also works.
-//! This module is the I/O: finding the device, opening it, mounting.
+//! directory, read, and unmounted: that needs CAP_SYS_ADMIN, which only a daemon
+//! started as root has (the systemd unit does not grant it; Nova writes ISO 9660
+//! unless `config_drive_format = vfat`). A path to an already mounted directory
+//! also works. This module is the I/O: finding the device, opening it, mounting.
+//!
+//! A device read at boot stays open: after set-up the daemon is no longer root and
+//! may not open it again, but it re-reads `meta_data.json` from it.
 
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Devices and images opened so far, by path (see the module docs).
+static OPENED: Mutex<Vec<(PathBuf, File)>> = Mutex::new(Vec::new());
+
+/// `path` opened for reading: a new handle on the file opened the first time.
+fn open(path: &Path) -> std::io::Result<File> {
+    let mut opened = OPENED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, f)) = opened.iter().find(|(p, _)| p == path) {
+        return f.try_clone();
+    }
+    let f = File::open(path)?;
+    opened.push((path.to_path_buf(), f.try_clone()?));
+    Ok(f)
+}
 
 pub use cloudpipe_core::metadata::config_drive::{
     iso_read_file, probe_label, FsKind, LABEL, MAX_FILE, META_DATA, NETWORK_DATA, PROBE_LEN,
@@ -45,7 +65,10 @@ pub fn find_device() -> Option<(PathBuf, FsKind)> {
             continue;
         }
         let dev = PathBuf::from("/dev").join(&name);
-        let Ok(head) = read_head(&dev) else { continue };
+        // Not kept open (see `open`): most devices probed are not the drive.
+        let Ok(head) = File::open(&dev).and_then(read_head) else {
+            continue;
+        };
         if let Some((kind, label)) = probe_label(&head) {
             if label.eq_ignore_ascii_case(LABEL) {
                 return Some((dev, kind));
@@ -55,8 +78,10 @@ pub fn find_device() -> Option<(PathBuf, FsKind)> {
     None
 }
 
-fn read_head(path: &Path) -> std::io::Result<Vec<u8>> {
-    let mut f = File::open(path)?;
+/// The first [`PROBE_LEN`] bytes of `f` (fewer if it is shorter), from the start.
+fn read_head(mut f: File) -> std::io::Result<Vec<u8>> {
+    use std::io::{Seek, SeekFrom};
+    f.seek(SeekFrom::Start(0))?;
     let mut head = vec![0u8; PROBE_LEN];
     let mut n = 0;
     while n < head.len() {
@@ -80,10 +105,10 @@ pub fn read(path: &Path, mount_dir: &Path) -> anyhow::Result<Contents> {
             network_data: read_small(&path.join(NETWORK_DATA))?,
         });
     }
-    let head = read_head(path)?;
+    let head = read_head(open(path)?)?;
     match probe_label(&head) {
         Some((FsKind::Iso9660, _)) => {
-            let mut f = File::open(path)?;
+            let mut f = open(path)?;
             Ok(Contents {
                 user_data: iso_read_file(&mut f, USER_DATA)?,
                 meta_data: iso_read_file(&mut f, META_DATA)?,
@@ -122,7 +147,15 @@ fn read_vfat(dev: &Path, mount_dir: &Path) -> anyhow::Result<Contents> {
         MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         None::<&str>,
     )
-    .map_err(|e| anyhow::anyhow!("mounting {} read-only as vfat: {e}", dev.display()))?;
+    .map_err(|e| match e {
+        nix::errno::Errno::EPERM => anyhow::anyhow!(
+            "mounting {} read-only as vfat: {e}: a vfat config drive needs CAP_SYS_ADMIN, \
+             which cloudpiped has only when started as root (not under its unit); give the \
+             instance an ISO 9660 config drive (Nova's default, config_drive_format = iso9660)",
+            dev.display()
+        ),
+        e => anyhow::anyhow!("mounting {} read-only as vfat: {e}", dev.display()),
+    })?;
     let contents = (|| {
         Ok::<_, anyhow::Error>(Contents {
             user_data: read_small(&mount_dir.join(USER_DATA))?,
@@ -163,7 +196,7 @@ mod tests {
             let _ = std::fs::remove_dir_all(&dir);
             return;
         }
-        let head = read_head(&iso).unwrap();
+        let head = read_head(File::open(&iso).unwrap()).unwrap();
         assert_eq!(probe_label(&head), Some((FsKind::Iso9660, LABEL.into())));
         let c = read(&iso, &dir.join("mnt")).unwrap();
         assert_eq!(c.user_data.as_deref(), Some(long.as_bytes()));
