@@ -46,9 +46,20 @@ pub struct Contents {
     pub network_data: Option<Vec<u8>>,
 }
 
-/// Find a block device labelled `config-2` by probing /sys/class/block (no udev or
-/// blkid needed, so it works in a minimal initramfs-less image and in the lab).
+/// udev's links to a device by filesystem label (60-persistent-storage.rules); FAT
+/// labels are upper case.
+const BY_LABEL: [&str; 2] = ["/dev/disk/by-label/config-2", "/dev/disk/by-label/CONFIG-2"];
+
+/// Find a block device labelled `config-2`: udev's by-label link (the only way in
+/// under the unit, whose private /dev holds that node and no other disk), else by
+/// probing /sys/class/block (no udev or blkid needed, so it works in a minimal
+/// initramfs-less image and in the lab). Either way the label is checked here.
 pub fn find_device() -> Option<(PathBuf, FsKind)> {
+    for link in BY_LABEL.map(PathBuf::from) {
+        if let Some(kind) = labelled_config_drive(&link) {
+            return Some((link, kind));
+        }
+    }
     let mut names: Vec<String> = std::fs::read_dir("/sys/class/block")
         .ok()?
         .filter_map(|e| e.ok())
@@ -65,17 +76,19 @@ pub fn find_device() -> Option<(PathBuf, FsKind)> {
             continue;
         }
         let dev = PathBuf::from("/dev").join(&name);
-        // Not kept open (see `open`): most devices probed are not the drive.
-        let Ok(head) = File::open(&dev).and_then(read_head) else {
-            continue;
-        };
-        if let Some((kind, label)) = probe_label(&head) {
-            if label.eq_ignore_ascii_case(LABEL) {
-                return Some((dev, kind));
-            }
+        if let Some(kind) = labelled_config_drive(&dev) {
+            return Some((dev, kind));
         }
     }
     None
+}
+
+/// The filesystem of `dev` if its label is `config-2`. Not kept open (see `open`):
+/// most devices probed are not the drive.
+fn labelled_config_drive(dev: &Path) -> Option<FsKind> {
+    let head = File::open(dev).and_then(read_head).ok()?;
+    let (kind, label) = probe_label(&head)?;
+    label.eq_ignore_ascii_case(LABEL).then_some(kind)
 }
 
 /// The first [`PROBE_LEN`] bytes of `f` (fewer if it is shorter), from the start.
