@@ -6,8 +6,8 @@ byte for byte on every run (fixed zip timestamps), except the timestamps that
 genisoimage writes into the ISO images. scripts/fuzz reads seeds/ and writes what libFuzzer finds
 to the git-ignored corpus/.
 
-Targets: payload_decode, overlay_parse, http_response, meta_data, config_drive
-(needs genisoimage). uapi_parse's seeds are requests captured from stock `wg`;
+Targets: payload_decode, overlay_parse, http_response, meta_data, network_data,
+arp_frame, config_drive (needs genisoimage). uapi_parse's seeds are requests captured from stock `wg`;
 datagram's are inputs its own runs found (structured: written by libFuzzer, not
 by hand). The keys are obviously fake: readable base64 that decodes to 32 bytes.
 """
@@ -198,6 +198,42 @@ def config_drive_seeds():
         yield name, image[ISO_SYSTEM_AREA:]
 
 
+def network_data_seeds():
+    # One byte picks the NIC's MAC (see the target), then the document.
+    nova = {
+        "links": [
+            {"id": "tap1", "vif_id": "1", "type": "ovs", "mtu": 1442,
+             "ethernet_mac_address": "fa:16:3e:00:00:01"},
+            {"id": "tap2", "vif_id": "2", "type": "ovs", "mtu": 9000,
+             "ethernet_mac_address": "fa:16:3e:00:00:02"},
+        ],
+        "networks": [{"id": "network0", "type": "ipv4_dhcp", "link": "tap1",
+                      "network_id": "d7a9c6e1-0000-4000-8000-000000000001"}],
+        "services": [],
+    }
+    yield "two-links", b"\x00" + json.dumps(nova).encode()
+    yield "upper-case-mac", b"\x01" + json.dumps(nova).encode()
+    one = {"links": [{"id": "tap1", "type": "ovs", "mtu": 1450}], "networks": [], "services": []}
+    yield "one-link", b"\x03" + json.dumps(one).encode()
+    yield "null-mtu", b"\x00" + json.dumps({"links": [{"id": "t", "mtu": None}]}).encode()
+    yield "empty", b"\x00{}"
+
+
+def arp_seeds():
+    ours = bytes([0xfa, 0x16, 0x3e, 0, 0, 2])
+    theirs = bytes([0xfa, 0x16, 0x3e, 0, 0, 9])
+
+    def frame(op, sha, spa, tpa):
+        eth = b"\xff" * 6 + sha + b"\x08\x06"
+        arp = b"\x00\x01\x08\x00\x06\x04" + op.to_bytes(2, "big") + sha + bytes(spa) + b"\x00" * 6 + bytes(tpa)
+        return eth + arp
+    yield "reply-for-250", frame(2, theirs, [10, 0, 0, 250], [0, 0, 0, 0])
+    yield "request-from-2", frame(1, theirs, [10, 0, 0, 2], [10, 0, 0, 1])
+    yield "rival-probe-251", frame(1, theirs, [0, 0, 0, 0], [10, 0, 0, 251])
+    yield "our-probe", frame(1, ours, [0, 0, 0, 0], [10, 0, 0, 250])
+    yield "other-address", frame(2, theirs, [10, 0, 0, 9], [0, 0, 0, 0])
+
+
 def write(target, seeds):
     d = os.path.join(SEEDS, target)
     os.makedirs(d, exist_ok=True)
@@ -214,4 +250,6 @@ if __name__ == "__main__":
     write("meta_data", meta_data_seeds())
     write("http_response", http_seeds())
     write("config_drive", config_drive_seeds())
+    write("network_data", network_data_seeds())
+    write("arp_frame", arp_seeds())
     print(f"seeds written under {SEEDS}", file=sys.stderr)

@@ -23,6 +23,7 @@
 //! share one definition of every format and one data path.
 #![forbid(unsafe_code)]
 
+pub mod arp;
 pub mod client_config;
 pub mod config;
 pub mod keys;
