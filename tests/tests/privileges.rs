@@ -13,6 +13,7 @@ use cloudpipe_lab::privileges::{
     CAP_NET_BIND_SERVICE, CAP_NET_RAW,
 };
 use cloudpipe_lab::DAEMON_UID;
+use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 const READY_WITHIN: Duration = Duration::from_secs(20);
@@ -169,4 +170,61 @@ fn under_the_units_limits_it_sheds_what_set_up_needed() {
     assert!(exit.status.success(), "{}", d.log());
     assert!(!m.lab.control_socket().exists());
     assert!(!d.log().contains("WARN"), "{}", d.log());
+}
+
+/// A vfat config drive needs CAP_SYS_ADMIN to mount, which the unit does not grant:
+/// the daemon says so, names the way out (an ISO 9660 drive, Nova's default) and
+/// exits, instead of failing with a bare EPERM (and the kernel never parses the
+/// image).
+#[test]
+fn under_the_units_limits_a_vfat_config_drive_is_refused_by_name() {
+    let Some(m) = Mission::new(&[]) else {
+        return;
+    };
+    let payload = m.cli(&["payload", NETWORK, "--encoding", "guest"]);
+    let dir = m.lab.dir();
+    let image = dir.join("config-2.vfat");
+    let user_data = dir.join("user_data");
+    std::fs::write(&user_data, payload.as_bytes()).unwrap();
+    cloudpipe_lab::run(
+        std::process::Command::new("mkfs.vfat")
+            .args(["-C", "-n", "CONFIG-2"])
+            .arg(&image)
+            .arg("1024"),
+    )
+    .expect("mkfs.vfat (package dosfstools)");
+    for d in ["::openstack", "::openstack/latest"] {
+        cloudpipe_lab::run(
+            std::process::Command::new("mmd")
+                .arg("-i")
+                .arg(&image)
+                .arg(d),
+        )
+        .expect("mmd (package mtools)");
+    }
+    cloudpipe_lab::run(
+        std::process::Command::new("mcopy")
+            .arg("-i")
+            .arg(&image)
+            .arg(&user_data)
+            .arg("::openstack/latest/user_data"),
+    )
+    .expect("mcopy (package mtools)");
+    // Readable by the daemon's user, as the udev rule makes a real drive.
+    std::fs::set_permissions(&image, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let wrapper = setpriv_as_unit();
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    make_runtime_directory(&m.lab).unwrap();
+    let image_arg = image.to_string_lossy().into_owned();
+    let mut d = m
+        .lab
+        .start_daemon_with(&wrapper, &["--config-drive", &image_arg])
+        .unwrap();
+    let exit = d.wait_exit(EXIT_WITHIN).unwrap();
+    assert!(!exit.status.success(), "{}", d.log());
+    let log = d.log();
+    assert!(
+        log.contains("needs CAP_SYS_ADMIN") && log.contains("ISO 9660"),
+        "{log}"
+    );
 }

@@ -152,6 +152,13 @@ fn read_small(path: &Path) -> anyhow::Result<Option<Vec<u8>>> {
 
 fn read_vfat(dev: &Path, mount_dir: &Path) -> anyhow::Result<Contents> {
     use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    anyhow::ensure!(
+        crate::privileges::has(crate::privileges::CAP_SYS_ADMIN),
+        "{} is a vfat config drive: mounting it needs CAP_SYS_ADMIN, which cloudpiped \
+         has only when started as root (not under its unit); give the instance an ISO \
+         9660 config drive (Nova's default, config_drive_format = iso9660)",
+        dev.display()
+    );
     std::fs::create_dir_all(mount_dir)?;
     mount(
         Some(dev),
@@ -160,15 +167,7 @@ fn read_vfat(dev: &Path, mount_dir: &Path) -> anyhow::Result<Contents> {
         MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         None::<&str>,
     )
-    .map_err(|e| match e {
-        nix::errno::Errno::EPERM => anyhow::anyhow!(
-            "mounting {} read-only as vfat: {e}: a vfat config drive needs CAP_SYS_ADMIN, \
-             which cloudpiped has only when started as root (not under its unit); give the \
-             instance an ISO 9660 config drive (Nova's default, config_drive_format = iso9660)",
-            dev.display()
-        ),
-        e => anyhow::anyhow!("mounting {} read-only as vfat: {e}", dev.display()),
-    })?;
+    .map_err(|e| anyhow::anyhow!("mounting {} read-only as vfat: {e}", dev.display()))?;
     let contents = (|| {
         Ok::<_, anyhow::Error>(Contents {
             user_data: read_small(&mount_dir.join(USER_DATA))?,

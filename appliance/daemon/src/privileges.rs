@@ -35,6 +35,8 @@ use nix::unistd::{Gid, Uid};
 pub const CAP_NET_ADMIN: u32 = 12;
 /// `CAP_SETPCAP`: needed to lower the bounding set.
 const CAP_SETPCAP: u32 = 8;
+/// `CAP_SYS_ADMIN`: mounting (a vfat config drive).
+pub const CAP_SYS_ADMIN: u32 = 21;
 /// The capabilities kept after set-up.
 pub const KEEP: &[u32] = &[CAP_NET_ADMIN];
 /// The user a daemon started as root becomes, unless `--user` says otherwise: the
@@ -293,6 +295,11 @@ pub fn ambient_for_child() -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether this thread holds `cap` in its effective set.
+pub fn has(cap: u32) -> bool {
+    capget().is_ok_and(|c| c.effective & bit(cap) != 0)
 }
 
 fn bit(cap: u32) -> u64 {
