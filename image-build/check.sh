@@ -3,7 +3,8 @@
 # runs them): dib-lint (diskimage-builder's own element checks: README.rst, sorted
 # element-deps, the hook preamble, indentation, YAML), what dib-lint does not check
 # (two-digit hook prefixes, bash syntax, the files the element copies), and
-# `systemd-analyze verify` of the unit with the image's drop-ins.
+# `systemd-analyze verify` of the unit with the image's drop-ins, and its
+# sandboxing scored by `systemd-analyze security` (exposure under 2.0).
 # Installs diskimage-builder into target/dib-venv when it is missing (needs
 # python3-venv: scripts/install-deps image).
 set -eu
@@ -33,9 +34,18 @@ for script in "$root/scripts/build-image" "$root/scripts/image-smoke" "$here"/no
     bash -n "$script" || err "${script#"$root"/}: bash syntax"
 done
 # What extra-data.d copies must exist in the repository.
-for f in configs/cloudpiped.service configs/sysctl.d/90-cloudpipe.conf; do
+for f in configs/cloudpiped.service configs/sysctl.d/90-cloudpipe.conf \
+    configs/sysusers.d/cloudpipe.conf configs/udev/61-cloudpipe-config-drive.rules; do
     [ -f "$root/$f" ] || err "$f (copied into the image) is missing"
 done
+# The unit's user is the one the element creates, and the udev rule hands the
+# config drive to its group.
+unit_user=$(sed -n 's/^User=//p' "$root/configs/cloudpiped.service")
+sysusers_user=$(awk '$1 == "u" { print $2 }' "$root/configs/sysusers.d/cloudpipe.conf")
+[ -n "$unit_user" ] && [ "$unit_user" = "$sysusers_user" ] \
+    || err "the unit runs as '$unit_user' but sysusers.d/cloudpipe.conf creates '$sysusers_user'"
+grep -q "GROUP=\"$unit_user\"" "$root/configs/udev/61-cloudpipe-config-drive.rules" \
+    || err "61-cloudpipe-config-drive.rules does not give the config drive to group $unit_user"
 # The defaults point where the repository puts things.
 (
     set +u
@@ -61,5 +71,17 @@ if ! out=$(systemd-analyze verify "$unit/cloudpiped.service" 2>&1) || [ -n "$out
     err "systemd-analyze verify cloudpiped.service (with the image's drop-ins) complained"
 fi
 
-[ $fail -eq 0 ] && echo "image-build/check: element ok (dib-lint, hooks, unit verified)"
+# systemd-analyze security: the unit's sandboxing as systemd scores it (0 best,
+# 10 worst; --threshold counts tenths). Offline: no systemd needs to run here.
+max_exposure=19
+if score=$(systemd-analyze security --offline=yes --threshold=$max_exposure \
+    "$unit/cloudpiped.service" 2>&1); then
+    exposure=$(grep -o 'Overall exposure level for [^:]*: [0-9.]*' <<<"$score" | awk '{print $NF}')
+    echo "image-build/check: systemd-analyze security: exposure $exposure (at most ${max_exposure:0:1}.${max_exposure:1})"
+else
+    echo "$score" | grep -v '✓' >&2
+    err "systemd-analyze security: cloudpiped.service is exposed above ${max_exposure:0:1}.${max_exposure:1}"
+fi
+
+[ $fail -eq 0 ] && echo "image-build/check: element ok (dib-lint, hooks, unit verified and scored)"
 exit $fail

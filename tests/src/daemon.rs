@@ -2,6 +2,7 @@
 //! test listens on and stderr captured to a file.
 
 use crate::{bin_path, kill_child, Lab};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::process::{Child, ExitStatus, Stdio};
@@ -11,8 +12,10 @@ use std::time::{Duration, Instant};
 static N: AtomicUsize = AtomicUsize::new(0);
 
 /// Flags the lab passes unless the caller gives them: no config drive (other tests'
-/// images must not be picked up), the lab's metadata server, short timeouts.
-pub const DEFAULT_FLAGS: [(&str, &str); 5] = [
+/// images must not be picked up), the lab's metadata server, short timeouts, and
+/// the unprivileged user to become after set-up.
+pub const DEFAULT_FLAGS: [(&str, &str); 6] = [
+    ("--user", crate::DAEMON_USER),
     ("--config-drive", "none"),
     ("--metadata-url", crate::METADATA_URL),
     ("--boot-timeout", "30"),
@@ -80,6 +83,9 @@ impl Lab {
         let sock_path = self.dir().join(format!("notify-{n}.sock"));
         let notify = UnixDatagram::bind(&sock_path)?;
         notify.set_nonblocking(true)?;
+        // The daemon sends READY=1 after giving up root, as systemd's own
+        // notification socket allows (it is writable by all).
+        std::fs::set_permissions(&sock_path, std::fs::Permissions::from_mode(0o777))?;
         let log = self.dir().join(format!("cloudpiped-{n}.log"));
         let logf = std::fs::File::create(&log)?;
         let run_dir = self.dir().join(format!("run-{n}"));

@@ -33,6 +33,7 @@ pub mod netns;
 pub mod neutron;
 pub mod openstack;
 pub mod payloads;
+pub mod privileges;
 pub mod wg_client;
 
 use anyhow::Context;
@@ -74,6 +75,12 @@ pub const EXTERNAL_IF: &str = "ext0";
 pub const VM_IF: &str = "eth0";
 /// The daemon's TUN device.
 pub const TUN: &str = "cloudpipe0";
+/// Who the lab's daemons run as after set-up (`--user`): an id pair no account on
+/// a Debian machine has (above the 60000-65535 blocks Debian and systemd's dynamic
+/// users take, below the subordinate-id ranges of user namespaces). The image
+/// names a real user (`cloudpipe`) instead; the lab cannot create one.
+pub const DAEMON_UID: u32 = 4_001_194;
+pub const DAEMON_USER: &str = "4001194:4001194";
 /// Prefix of every lab namespace, project and user name: `cp<pid>x<n>-<role>`.
 pub const NS_PREFIX: &str = "cp";
 /// The Neutron port name of the lab's tenant VM.

@@ -11,7 +11,10 @@
 //! queues, counters) that runs every peer's boringtun session. Around a running
 //! appliance: the one owner of its peer set ([`reconcile`]: sources hand it changes,
 //! it returns one diff for the device and the host), the `wg` userspace API codec
-//! ([`uapi`]) and the live status document ([`status`]).
+//! ([`uapi`]) and the live status document ([`status`]). What the appliance reads
+//! about itself from OpenStack ([`metadata`]): HTTP responses of the metadata
+//! service, the config drive's ISO 9660 filesystem, `meta_data.json` and
+//! `network_data.json`.
 //!
 //! This crate does not open sockets, files or devices, nor read the clock: callers
 //! pass bytes and `now` in and send what comes out. (boringtun's timers keep their
@@ -20,9 +23,11 @@
 //! share one definition of every format and one data path.
 #![forbid(unsafe_code)]
 
+pub mod arp;
 pub mod client_config;
 pub mod config;
 pub mod keys;
+pub mod metadata;
 pub mod neutron;
 pub mod overlay;
 pub mod packet;

@@ -236,7 +236,8 @@ mod tests {
 
     proptest! {
         // Against a naive reference: the blocks cover exactly the range, in order,
-        // each aligned.
+        // each aligned, and no two neighbours could be one block (so no shorter list
+        // exists: Neutron allows 10 allowed address pairs per port).
         #[test]
         fn cidrs_cover_exactly(a in any::<u32>(), len in 0u32..5000) {
             let first = a;
@@ -249,6 +250,98 @@ mod tests {
                 next += 1u64 << (32 - b.prefix());
             }
             prop_assert_eq!(next, u64::from(last) + 1);
+            for w in blocks.windows(2) {
+                let (x, y) = (w[0], w[1]);
+                let size = 1u64 << (32 - x.prefix());
+                let mergeable = x.prefix() == y.prefix()
+                    && x.prefix() > 0
+                    && u64::from(u32::from(x.network())) % (2 * size) == 0;
+                prop_assert!(!mergeable, "{} and {} are one block", x, y);
+            }
+        }
+
+        // Pool::new, nova_default, next_free and the accessors against naive
+        // models that enumerate the subnet: a pool is valid when first <= last, both
+        // are in the subnet, and no address in it is the network, broadcast or a
+        // reserved address (errors in that order); Nova's pool is the top `clients`
+        // addresses below broadcast; the next free address is the lowest unused one.
+        // Reserved addresses are distinct hosts of the subnet (as the config's
+        // checks leave gateway and appliance address).
+        #[test]
+        fn pools_agree_with_naive_models(
+            base in any::<u32>(),
+            prefix in 22u8..=32,
+            first in 0u32..1100,
+            len in 0u32..1100,
+            clients in 0u32..1100,
+            reserved_at in proptest::collection::btree_set(0u32..1100, 0..3),
+            used in proptest::collection::btree_set(0u32..1100, 0..40),
+        ) {
+            let subnet = Ipv4Network::new(Ipv4Addr::from(base), prefix).unwrap();
+            let (net, bcast) = (u32::from(subnet.network()), u32::from(subnet.broadcast()));
+            let size = bcast - net + 1;
+            let hosts: Vec<u32> = (net..=bcast).filter(|a| *a != net && *a != bcast).collect();
+            let names = ["gateway", "appliance address", "third"];
+            let reserved: Vec<(Ipv4Addr, &'static str)> = reserved_at
+                .iter()
+                .filter(|_| !hosts.is_empty())
+                .map(|r| hosts[*r as usize % hosts.len()])
+                .collect::<BTreeSet<u32>>()
+                .into_iter()
+                .zip(names)
+                .map(|(a, n)| (Ipv4Addr::from(a), n))
+                .collect();
+            // Pool::new, with ends that may fall outside the subnet.
+            let (f, l) = (net.wrapping_add(first % (size + 8)), net.wrapping_add((first + len) % (size + 8)));
+            let naive_new = |f: u32, l: u32| -> Result<(u32, u32), PoolError> {
+                let (fa, la) = (Ipv4Addr::from(f), Ipv4Addr::from(l));
+                if f > l {
+                    return Err(PoolError::Empty { first: fa, last: la });
+                }
+                for a in [fa, la] {
+                    if !(net..=bcast).contains(&u32::from(a)) {
+                        return Err(PoolError::OutsideSubnet { addr: a, subnet });
+                    }
+                }
+                let special = [(net, "network address"), (bcast, "broadcast address")];
+                for (a, what) in special.into_iter().chain(reserved.iter().map(|(a, w)| (u32::from(*a), *w))) {
+                    if (f..=l).contains(&a) {
+                        return Err(PoolError::Reserved { addr: Ipv4Addr::from(a), what });
+                    }
+                }
+                Ok((f, l))
+            };
+            let got = Pool::new(Ipv4Addr::from(f), Ipv4Addr::from(l), subnet, &reserved);
+            let want = naive_new(f, l);
+            prop_assert_eq!(got.map(|p| (u32::from(p.first()), u32::from(p.last()))), want.clone());
+            if let Ok(p) = Pool::new(Ipv4Addr::from(f), Ipv4Addr::from(l), subnet, &reserved) {
+                let all: Vec<u32> = (f..=l).collect();
+                prop_assert_eq!(p.len() as usize, all.len());
+                prop_assert_eq!(p.iter().map(u32::from).collect::<Vec<_>>(), all.clone());
+                for probe in [f.wrapping_sub(1), f, l, l.wrapping_add(1)] {
+                    prop_assert_eq!(p.contains(Ipv4Addr::from(probe)), all.contains(&probe));
+                }
+                let used: BTreeSet<Ipv4Addr> = used.iter().map(|u| Ipv4Addr::from(f.wrapping_add(*u))).collect();
+                let free = all.iter().map(|a| Ipv4Addr::from(*a)).find(|a| !used.contains(a));
+                prop_assert_eq!(p.next_free(&used), free);
+                let covered: Vec<u32> = p.cidrs().iter().flat_map(|c| {
+                    let lo = u32::from(c.network());
+                    (0..1u64 << (32 - c.prefix())).map(move |i| lo + i as u32)
+                }).collect();
+                prop_assert_eq!(covered, all);
+            }
+            // Nova's rule: the top `clients` hosts; too many when they would reach
+            // below the hosts that are not reserved.
+            let got = Pool::nova_default(subnet, clients, &reserved);
+            let free_hosts = hosts.len() as u32 - reserved.len() as u32;
+            if clients == 0 || clients > free_hosts {
+                let too_many = matches!(got, Err(PoolError::TooMany { clients: c, max, .. }) if c == clients && max == free_hosts);
+                prop_assert!(too_many, "{:?}", got);
+            } else {
+                let top = (bcast - clients, bcast - 1);
+                let want = naive_new(top.0, top.1);
+                prop_assert_eq!(got.map(|p| (u32::from(p.first()), u32::from(p.last()))), want);
+            }
         }
     }
 }

@@ -402,7 +402,7 @@ fn allowed_ip(value: &str) -> Result<IpNetwork, UapiError> {
 }
 
 /// At most 64 characters of untrusted text, for error messages and logs.
-fn truncate(s: &str) -> &str {
+pub(crate) fn truncate(s: &str) -> &str {
     match s.char_indices().nth(64) {
         Some((i, _)) => &s[..i],
         None => s,

@@ -3,31 +3,40 @@
 //! `openstack/latest/network_data.json`.
 //!
 //! ISO 9660 drives (Nova's default, written by `genisoimage -J -r -V config-2`) are
-//! read in userspace through their Joliet tree: no mount, no CAP_SYS_ADMIN, and it
-//! works on kernels without isofs. vfat drives are mounted read-only in a private
-//! directory, read, and unmounted. A path to an already mounted directory also works.
+//! read in userspace through their Joliet tree (cloudpipe-core's
+//! `metadata::config_drive`, fuzzed): no mount, no CAP_SYS_ADMIN, and it works on
+//! kernels without isofs. vfat drives are mounted read-only in a private
+//! directory, read, and unmounted: that needs CAP_SYS_ADMIN, which only a daemon
+//! started as root has (the systemd unit does not grant it; Nova writes ISO 9660
+//! unless `config_drive_format = vfat`). A path to an already mounted directory
+//! also works. This module is the I/O: finding the device, opening it, mounting.
+//!
+//! A device read at boot stays open: after set-up the daemon is no longer root and
+//! may not open it again, but it re-reads `meta_data.json` from it.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
-/// The label Nova gives config drives.
-pub const LABEL: &str = "config-2";
-pub const USER_DATA: &str = "openstack/latest/user_data";
-pub const META_DATA: &str = "openstack/latest/meta_data.json";
-pub const NETWORK_DATA: &str = "openstack/latest/network_data.json";
-/// Files on a config drive larger than this are not ours to read.
-pub const MAX_FILE: u64 = 1024 * 1024;
+/// Devices and images opened so far, by path (see the module docs).
+static OPENED: Mutex<Vec<(PathBuf, File)>> = Mutex::new(Vec::new());
 
-const SECTOR: u64 = 2048;
-/// ISO 9660 volume descriptors start at sector 16.
-const ISO_VD_START: u64 = 16 * SECTOR;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FsKind {
-    Iso9660,
-    Vfat,
+/// `path` opened for reading: a new handle on the file opened the first time.
+fn open(path: &Path) -> std::io::Result<File> {
+    let mut opened = OPENED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, f)) = opened.iter().find(|(p, _)| p == path) {
+        return f.try_clone();
+    }
+    let f = File::open(path)?;
+    opened.push((path.to_path_buf(), f.try_clone()?));
+    Ok(f)
 }
+
+pub use cloudpipe_core::metadata::config_drive::{
+    iso_read_file, probe_label, FsKind, LABEL, MAX_FILE, META_DATA, NETWORK_DATA, PROBE_LEN,
+    USER_DATA,
+};
 
 /// What a config drive held.
 #[derive(Debug, Default)]
@@ -37,34 +46,20 @@ pub struct Contents {
     pub network_data: Option<Vec<u8>>,
 }
 
-/// The filesystem label of a device or image, from its first 64 KiB.
-pub fn probe_label(head: &[u8]) -> Option<(FsKind, String)> {
-    // ISO 9660 primary volume descriptor: type 1, "CD001", volume id at +40 (32 bytes).
-    let pvd = ISO_VD_START as usize;
-    if head.len() >= pvd + 72 && &head[pvd + 1..pvd + 6] == b"CD001" && head[pvd] == 1 {
-        let id = String::from_utf8_lossy(&head[pvd + 40..pvd + 72])
-            .trim()
-            .to_string();
-        return Some((FsKind::Iso9660, id));
-    }
-    // FAT boot sector: 0x55AA signature; label at 43 (FAT12/16) or 71 (FAT32), each
-    // after an extended boot signature 0x29 and followed by "FAT".
-    if head.len() >= 512 && head[510..512] == [0x55, 0xAA] {
-        for (sig, label, fstype) in [(38usize, 43usize, 54usize), (66, 71, 82)] {
-            if head[sig] == 0x29 && &head[fstype..fstype + 3] == b"FAT" {
-                let id = String::from_utf8_lossy(&head[label..label + 11])
-                    .trim()
-                    .to_string();
-                return Some((FsKind::Vfat, id));
-            }
+/// udev's links to a device by filesystem label (60-persistent-storage.rules); FAT
+/// labels are upper case.
+const BY_LABEL: [&str; 2] = ["/dev/disk/by-label/config-2", "/dev/disk/by-label/CONFIG-2"];
+
+/// Find a block device labelled `config-2`: udev's by-label link (the only way in
+/// under the unit, whose private /dev holds that node and no other disk), else by
+/// probing /sys/class/block (no udev or blkid needed, so it works in a minimal
+/// initramfs-less image and in the lab). Either way the label is checked here.
+pub fn find_device() -> Option<(PathBuf, FsKind)> {
+    for link in BY_LABEL.map(PathBuf::from) {
+        if let Some(kind) = labelled_config_drive(&link) {
+            return Some((link, kind));
         }
     }
-    None
-}
-
-/// Find a block device labelled `config-2` by probing /sys/class/block (no udev or
-/// blkid needed, so it works in a minimal initramfs-less image and in the lab).
-pub fn find_device() -> Option<(PathBuf, FsKind)> {
     let mut names: Vec<String> = std::fs::read_dir("/sys/class/block")
         .ok()?
         .filter_map(|e| e.ok())
@@ -81,19 +76,26 @@ pub fn find_device() -> Option<(PathBuf, FsKind)> {
             continue;
         }
         let dev = PathBuf::from("/dev").join(&name);
-        let Ok(head) = read_head(&dev) else { continue };
-        if let Some((kind, label)) = probe_label(&head) {
-            if label.eq_ignore_ascii_case(LABEL) {
-                return Some((dev, kind));
-            }
+        if let Some(kind) = labelled_config_drive(&dev) {
+            return Some((dev, kind));
         }
     }
     None
 }
 
-fn read_head(path: &Path) -> std::io::Result<Vec<u8>> {
-    let mut f = File::open(path)?;
-    let mut head = vec![0u8; 64 * 1024];
+/// The filesystem of `dev` if its label is `config-2`. Not kept open (see `open`):
+/// most devices probed are not the drive.
+fn labelled_config_drive(dev: &Path) -> Option<FsKind> {
+    let head = File::open(dev).and_then(read_head).ok()?;
+    let (kind, label) = probe_label(&head)?;
+    label.eq_ignore_ascii_case(LABEL).then_some(kind)
+}
+
+/// The first [`PROBE_LEN`] bytes of `f` (fewer if it is shorter), from the start.
+fn read_head(mut f: File) -> std::io::Result<Vec<u8>> {
+    use std::io::{Seek, SeekFrom};
+    f.seek(SeekFrom::Start(0))?;
+    let mut head = vec![0u8; PROBE_LEN];
     let mut n = 0;
     while n < head.len() {
         let r = f.read(&mut head[n..])?;
@@ -116,10 +118,10 @@ pub fn read(path: &Path, mount_dir: &Path) -> anyhow::Result<Contents> {
             network_data: read_small(&path.join(NETWORK_DATA))?,
         });
     }
-    let head = read_head(path)?;
+    let head = read_head(open(path)?)?;
     match probe_label(&head) {
         Some((FsKind::Iso9660, _)) => {
-            let mut f = File::open(path)?;
+            let mut f = open(path)?;
             Ok(Contents {
                 user_data: iso_read_file(&mut f, USER_DATA)?,
                 meta_data: iso_read_file(&mut f, META_DATA)?,
@@ -150,6 +152,13 @@ fn read_small(path: &Path) -> anyhow::Result<Option<Vec<u8>>> {
 
 fn read_vfat(dev: &Path, mount_dir: &Path) -> anyhow::Result<Contents> {
     use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    anyhow::ensure!(
+        crate::privileges::has(crate::privileges::CAP_SYS_ADMIN),
+        "{} is a vfat config drive: mounting it needs CAP_SYS_ADMIN, which cloudpiped \
+         has only when started as root (not under its unit); give the instance an ISO \
+         9660 config drive (Nova's default, config_drive_format = iso9660)",
+        dev.display()
+    );
     std::fs::create_dir_all(mount_dir)?;
     mount(
         Some(dev),
@@ -170,157 +179,9 @@ fn read_vfat(dev: &Path, mount_dir: &Path) -> anyhow::Result<Contents> {
     contents
 }
 
-/// One ISO 9660 directory record.
-struct Record {
-    extent: u64,
-    len: u64,
-    dir: bool,
-    name: String,
-    /// Names in this tree are UCS-2 (Joliet).
-    joliet: bool,
-}
-
-/// Read `path` (slash-separated) from an ISO 9660 image through its Joliet tree,
-/// falling back to the primary tree (case-insensitive, `;1` versions ignored).
-pub fn iso_read_file<F: Read + Seek>(f: &mut F, path: &str) -> anyhow::Result<Option<Vec<u8>>> {
-    let root = iso_root(f)?;
-    let mut cur = root;
-    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
-    for (i, part) in parts.iter().enumerate() {
-        let entries = iso_dir(f, &cur)?;
-        let want = part.to_ascii_lowercase();
-        let Some(next) = entries
-            .into_iter()
-            .find(|e| e.name.to_ascii_lowercase() == want)
-        else {
-            return Ok(None);
-        };
-        if i + 1 < parts.len() && !next.dir {
-            return Ok(None);
-        }
-        cur = next;
-    }
-    anyhow::ensure!(!cur.dir, "{path} is a directory on the config drive");
-    anyhow::ensure!(
-        cur.len <= MAX_FILE,
-        "{path} on the config drive is larger than {MAX_FILE} bytes"
-    );
-    f.seek(SeekFrom::Start(cur.extent * SECTOR))?;
-    let mut data = vec![0u8; cur.len as usize];
-    f.read_exact(&mut data)?;
-    Ok(Some(data))
-}
-
-fn iso_root<F: Read + Seek>(f: &mut F) -> anyhow::Result<Record> {
-    let mut primary = None;
-    // A handful of descriptors at most; stop at the terminator (type 255).
-    for i in 0..32u64 {
-        let mut vd = [0u8; 2048];
-        f.seek(SeekFrom::Start(ISO_VD_START + i * SECTOR))?;
-        f.read_exact(&mut vd)?;
-        anyhow::ensure!(&vd[1..6] == b"CD001", "not an ISO 9660 volume descriptor");
-        let joliet =
-            vd[0] == 2 && vd[88] == 0x25 && vd[89] == 0x2F && matches!(vd[90], 0x40 | 0x43 | 0x45);
-        let rec = parse_record(&vd[156..190], joliet);
-        match vd[0] {
-            2 if joliet => return rec.ok_or_else(|| anyhow::anyhow!("bad Joliet root record")),
-            1 => primary = rec,
-            255 => break,
-            _ => {}
-        }
-    }
-    primary.ok_or_else(|| anyhow::anyhow!("no ISO 9660 primary volume descriptor"))
-}
-
-fn iso_dir<F: Read + Seek>(f: &mut F, dir: &Record) -> anyhow::Result<Vec<Record>> {
-    anyhow::ensure!(dir.len <= 1024 * 1024, "directory too large");
-    let joliet = dir.joliet;
-    f.seek(SeekFrom::Start(dir.extent * SECTOR))?;
-    let mut data = vec![0u8; dir.len as usize];
-    f.read_exact(&mut data)?;
-    let mut out = Vec::new();
-    let mut pos = 0usize;
-    while pos < data.len() {
-        let len = data[pos] as usize;
-        if len == 0 {
-            // Records do not cross sectors: skip to the next one.
-            pos = (pos / SECTOR as usize + 1) * SECTOR as usize;
-            continue;
-        }
-        if pos + len > data.len() || len < 34 {
-            break;
-        }
-        if let Some(r) = parse_record(&data[pos..pos + len], joliet) {
-            if !r.name.is_empty() {
-                out.push(r);
-            }
-        }
-        pos += len;
-    }
-    Ok(out)
-}
-
-fn parse_record(r: &[u8], joliet: bool) -> Option<Record> {
-    if r.len() < 34 {
-        return None;
-    }
-    let extent = u32::from_le_bytes(r[2..6].try_into().ok()?) as u64;
-    let len = u32::from_le_bytes(r[10..14].try_into().ok()?) as u64;
-    let dir = r[25] & 0x02 != 0;
-    let name_len = r[32] as usize;
-    let raw = r.get(33..33 + name_len)?;
-    let name = if raw == [0] || raw == [1] {
-        // "." and "..": skipped by iso_dir.
-        String::new()
-    } else if joliet {
-        let units: Vec<u16> = raw
-            .chunks_exact(2)
-            .map(|c| u16::from_be_bytes([c[0], c[1]]))
-            .collect();
-        String::from_utf16_lossy(&units)
-    } else {
-        String::from_utf8_lossy(raw).into_owned()
-    };
-    // Drop the ";1" version suffix, and the trailing dot of extension-less names.
-    let name = match name.rsplit_once(';') {
-        Some((n, _)) => n.trim_end_matches('.').to_string(),
-        None => name,
-    };
-    Some(Record {
-        extent,
-        len,
-        dir,
-        name,
-        joliet,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn labels_are_probed() {
-        let mut iso = vec![0u8; 64 * 1024];
-        let p = ISO_VD_START as usize;
-        iso[p] = 1;
-        iso[p + 1..p + 6].copy_from_slice(b"CD001");
-        iso[p + 40..p + 72].copy_from_slice(b"config-2                        ");
-        assert_eq!(
-            probe_label(&iso),
-            Some((FsKind::Iso9660, "config-2".into()))
-        );
-
-        let mut fat = vec![0u8; 512];
-        fat[510] = 0x55;
-        fat[511] = 0xAA;
-        fat[38] = 0x29;
-        fat[43..54].copy_from_slice(b"CONFIG-2   ");
-        fat[54..57].copy_from_slice(b"FAT");
-        assert_eq!(probe_label(&fat), Some((FsKind::Vfat, "CONFIG-2".into())));
-        assert_eq!(probe_label(&[0u8; 4096]), None);
-        assert_eq!(probe_label(b"short"), None);
-    }
 
     /// Build a config drive the way Nova does (`genisoimage -J -r -V config-2`) and
     /// read it back through the Joliet tree. Skipped when genisoimage is missing.
@@ -347,7 +208,7 @@ mod tests {
             let _ = std::fs::remove_dir_all(&dir);
             return;
         }
-        let head = read_head(&iso).unwrap();
+        let head = read_head(File::open(&iso).unwrap()).unwrap();
         assert_eq!(probe_label(&head), Some((FsKind::Iso9660, LABEL.into())));
         let c = read(&iso, &dir.join("mnt")).unwrap();
         assert_eq!(c.user_data.as_deref(), Some(long.as_bytes()));

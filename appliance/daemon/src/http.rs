@@ -7,16 +7,18 @@
 //! size, and a cap on the header size. A 404 is its own error: for user-data it means
 //! "this instance has no payload", which is not worth retrying.
 //!
+//! The response itself is read by cloudpipe-core's `metadata::http` (pure, fuzzed);
+//! this module is the socket and the clock around it.
+//!
 //! Why not a crate: hyper/reqwest would bring TLS, pools and redirects we must not
 //! use, and ~60 crates, for one GET to 169.254.169.254.
 
+use cloudpipe_core::metadata::http::{self as response, parse_response, Parsed, ResponseError};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Response headers larger than this are not from a metadata server.
-pub const MAX_HEADER: usize = 16 * 1024;
 /// Read granularity.
 const READ_CHUNK: usize = 8 * 1024;
 
@@ -44,6 +46,15 @@ pub enum HttpError {
     BadUrl(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+impl From<ResponseError> for HttpError {
+    fn from(e: ResponseError) -> Self {
+        match e {
+            ResponseError::TooLarge(n) => HttpError::TooLarge(n),
+            ResponseError::Malformed(m) => HttpError::Malformed(m.to_string()),
+        }
+    }
 }
 
 impl HttpError {
@@ -148,7 +159,7 @@ async fn get_unbounded_time(url: &Url, max_body: usize) -> Result<Vec<u8>, HttpE
         let n = stream.read(&mut chunk).await?;
         let eof = n == 0;
         buf.extend_from_slice(&chunk[..n]);
-        match parse_response(&buf, eof, max_body)? {
+        match parse_response(&buf, eof, response::Limits::body(max_body))? {
             Parsed::Complete { status: 200, body } => return Ok(body),
             Parsed::Complete { status: 404, .. } => return Err(HttpError::NotFound),
             Parsed::Complete { status, .. } => return Err(HttpError::Status(status)),
@@ -162,146 +173,18 @@ async fn get_unbounded_time(url: &Url, max_body: usize) -> Result<Vec<u8>, HttpE
     }
 }
 
-/// The outcome of parsing what has arrived so far.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Parsed {
-    Incomplete,
-    Complete { status: u16, body: Vec<u8> },
-}
-
-/// Parse a whole response from `buf` (everything received so far; `eof` when the
-/// peer has closed). Pure, so every framing case is unit tested.
-pub fn parse_response(buf: &[u8], eof: bool, max_body: usize) -> Result<Parsed, HttpError> {
-    let malformed = |m: &str| HttpError::Malformed(m.to_string());
-    let Some(head_end) = find(buf, b"\r\n\r\n") else {
-        if buf.len() > MAX_HEADER {
-            return Err(malformed("headers too large"));
-        }
-        return Ok(Parsed::Incomplete);
-    };
-    if head_end > MAX_HEADER {
-        return Err(malformed("headers too large"));
-    }
-    let head =
-        std::str::from_utf8(&buf[..head_end]).map_err(|_| malformed("headers are not text"))?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let mut parts = status_line.splitn(3, ' ');
-    let version = parts.next().unwrap_or_default();
-    if !version.starts_with("HTTP/1.") {
-        return Err(malformed("not an HTTP/1.x status line"));
-    }
-    let status: u16 = parts
-        .next()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| malformed("bad status code"))?;
-    let mut content_length = None;
-    let mut chunked = false;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            return Err(malformed("header line without ':'"));
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            let n: usize = value.parse().map_err(|_| malformed("bad Content-Length"))?;
-            content_length = Some(n);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value
-                .rsplit(',')
-                .next()
-                .is_some_and(|v| v.trim().eq_ignore_ascii_case("chunked"));
-            if !chunked {
-                return Err(malformed("unsupported Transfer-Encoding"));
-            }
-        }
-    }
-    let body = &buf[head_end + 4..];
-    if status != 200 {
-        // Not interested in error bodies: the status says it all.
-        return Ok(Parsed::Complete {
-            status,
-            body: Vec::new(),
-        });
-    }
-    if chunked {
-        return parse_chunked(body, max_body);
-    }
-    if let Some(n) = content_length {
-        if n > max_body {
-            return Err(HttpError::TooLarge(max_body));
-        }
-        if body.len() >= n {
-            return Ok(Parsed::Complete {
-                status,
-                body: body[..n].to_vec(),
-            });
-        }
-        return Ok(Parsed::Incomplete);
-    }
-    if body.len() > max_body {
-        return Err(HttpError::TooLarge(max_body));
-    }
-    if eof {
-        Ok(Parsed::Complete {
-            status,
-            body: body.to_vec(),
-        })
-    } else {
-        Ok(Parsed::Incomplete)
-    }
-}
-
-fn parse_chunked(mut rest: &[u8], max_body: usize) -> Result<Parsed, HttpError> {
-    let malformed = |m: &str| HttpError::Malformed(m.to_string());
-    let mut body = Vec::new();
-    loop {
-        let Some(line_end) = find(rest, b"\r\n") else {
-            if rest.len() > 1024 {
-                return Err(malformed("chunk size line too long"));
-            }
-            return Ok(Parsed::Incomplete);
-        };
-        let line = std::str::from_utf8(&rest[..line_end]).map_err(|_| malformed("chunk size"))?;
-        let size_hex = line.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_hex, 16).map_err(|_| malformed("bad chunk size"))?;
-        if size > max_body || body.len() + size > max_body {
-            return Err(HttpError::TooLarge(max_body));
-        }
-        let data = &rest[line_end + 2..];
-        if size == 0 {
-            // Trailers are ignored; the body is complete once the final CRLF arrives.
-            return if find(data, b"\r\n").is_some() {
-                Ok(Parsed::Complete { status: 200, body })
-            } else {
-                Ok(Parsed::Incomplete)
-            };
-        }
-        if data.len() < size + 2 {
-            return Ok(Parsed::Incomplete);
-        }
-        if &data[size..size + 2] != b"\r\n" {
-            return Err(malformed("chunk not followed by CRLF"));
-        }
-        body.extend_from_slice(&data[..size]);
-        rest = &data[size + 2..];
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const MAX: usize = 1024;
 
-    fn complete(b: &[u8]) -> Vec<u8> {
-        match parse_response(b, false, MAX).unwrap() {
-            Parsed::Complete { status: 200, body } => body,
-            other => panic!("{other:?}"),
-        }
+    #[test]
+    fn only_404_and_bad_urls_are_final() {
+        assert!(!HttpError::NotFound.is_transient());
+        assert!(!HttpError::BadUrl("x".into()).is_transient());
+        assert!(HttpError::Status(503).is_transient());
+        assert!(HttpError::from(ResponseError::Malformed("x")).is_transient());
     }
 
     #[test]
@@ -328,76 +211,6 @@ mod tests {
         ] {
             assert!(Url::parse(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn content_length_framing() {
-        let r = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloEXTRA";
-        assert_eq!(complete(r), b"hello");
-        let partial = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel";
-        assert_eq!(
-            parse_response(partial, false, MAX).unwrap(),
-            Parsed::Incomplete
-        );
-        let big = b"HTTP/1.1 200 OK\r\nContent-Length: 999999\r\n\r\n";
-        assert!(matches!(
-            parse_response(big, false, MAX),
-            Err(HttpError::TooLarge(_))
-        ));
-    }
-
-    #[test]
-    fn chunked_framing() {
-        let r = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n";
-        assert_eq!(complete(r), b"abcde");
-        let cut = &r[..r.len() - 2];
-        assert_eq!(parse_response(cut, false, MAX).unwrap(), Parsed::Incomplete);
-        let bad = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
-        assert!(matches!(
-            parse_response(bad, false, MAX),
-            Err(HttpError::Malformed(_))
-        ));
-        // A stream of chunks that never ends trips the size cap.
-        let mut endless = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
-        for _ in 0..200 {
-            endless.extend_from_slice(b"10\r\n0123456789abcdef\r\n");
-        }
-        assert!(matches!(
-            parse_response(&endless, false, MAX),
-            Err(HttpError::TooLarge(_))
-        ));
-    }
-
-    #[test]
-    fn read_to_close_framing() {
-        let r = b"HTTP/1.0 200 OK\r\nServer: x\r\n\r\nbody";
-        assert_eq!(parse_response(r, false, MAX).unwrap(), Parsed::Incomplete);
-        assert_eq!(
-            parse_response(r, true, MAX).unwrap(),
-            Parsed::Complete {
-                status: 200,
-                body: b"body".to_vec()
-            }
-        );
-        let mut endless = b"HTTP/1.0 200 OK\r\n\r\n".to_vec();
-        endless.resize(endless.len() + MAX + 1, b'A');
-        assert!(matches!(
-            parse_response(&endless, false, MAX),
-            Err(HttpError::TooLarge(_))
-        ));
-    }
-
-    #[test]
-    fn statuses_and_garbage() {
-        let r = b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\n";
-        assert!(matches!(
-            parse_response(r, false, MAX).unwrap(),
-            Parsed::Complete { status: 404, .. }
-        ));
-        assert!(parse_response(b"SSH-2.0-OpenSSH\r\n\r\n", false, MAX).is_err());
-        assert!(parse_response(&[b'x'; MAX_HEADER + 10], false, MAX).is_err());
-        assert!(!HttpError::NotFound.is_transient());
-        assert!(HttpError::Status(503).is_transient());
     }
 
     /// Serve one canned response on loopback, optionally then stalling forever.

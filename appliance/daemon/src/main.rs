@@ -12,7 +12,6 @@ mod configdrive;
 mod control;
 mod dad;
 mod http;
-mod metadata;
 mod mtu;
 mod nat;
 mod notify;
@@ -101,7 +100,15 @@ struct Args {
     )]
     runtime_dir: PathBuf,
 
-    /// Keep every capability after setup (debugging only).
+    /// Who to run as after set-up, when started as root: a user name or UID:GID.
+    /// The process then keeps CAP_NET_ADMIN only. `root` keeps uid 0 (with
+    /// CAP_NET_ADMIN only). Started as another user (the systemd unit's User=, with
+    /// CAP_NET_ADMIN as an ambient capability) there is nothing to switch.
+    /// [default when root: cloudpipe]
+    #[arg(long, env = "CLOUDPIPED_USER", value_name = "USER")]
+    user: Option<String>,
+
+    /// Keep root and every capability after set-up (debugging only).
     #[arg(long, env = "CLOUDPIPED_KEEP_PRIVILEGES")]
     keep_privileges: bool,
 
@@ -160,7 +167,26 @@ fn main() -> ExitCode {
             workers: args.workers,
             offload: args.tun_offload,
         },
-        keep_privileges: args.keep_privileges || !privileges::is_root(),
+        keep_privileges: args.keep_privileges,
+        user: None,
     };
-    run::main(settings)
+    // Resolved before anything is touched: a missing user is a usage error.
+    // Resolved before anything is touched. Started unprivileged (the unit's User=)
+    // there is nobody to become unless --user names one (which must be us).
+    let name = match args.user {
+        Some(u) => Some(u),
+        None if nix::unistd::geteuid().is_root() => Some(privileges::DEFAULT_USER.to_string()),
+        None => None,
+    };
+    let user = match name.filter(|_| !args.keep_privileges) {
+        None => None,
+        Some(n) => match privileges::RunAs::parse(&n) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                tracing::error!("{e:#}");
+                return ExitCode::from(run::exit::FAILURE);
+            }
+        },
+    };
+    run::main(run::Settings { user, ..settings })
 }

@@ -92,7 +92,7 @@ pub fn for_tenant(
     network_data: Option<&[u8]>,
 ) -> Choice {
     let from_network_data = network_data.and_then(|doc| {
-        match crate::metadata::link_mtu(doc, mac.unwrap_or_default()) {
+        match cloudpipe_core::metadata::link_mtu(doc, mac.unwrap_or_default()) {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(error = %e, "ignoring network_data.json");

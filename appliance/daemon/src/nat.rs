@@ -40,7 +40,14 @@ pub fn remove() -> anyhow::Result<()> {
 }
 
 fn nft(script: &str) -> anyhow::Result<()> {
-    let mut child = Command::new("nft")
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new("nft");
+    // After set-up the daemon is no longer root: nft keeps CAP_NET_ADMIN across
+    // exec only through the child's ambient set.
+    // SAFETY: the hook runs between fork and exec and makes only the capget,
+    // capset and prctl syscalls (async-signal-safe, no allocation, no locks).
+    unsafe { cmd.pre_exec(crate::privileges::ambient_for_child) };
+    let mut child = cmd
         .args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())

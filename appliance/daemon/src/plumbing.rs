@@ -80,7 +80,14 @@ pub async fn configure(
     {
         tracing::info!(interface = %tenant.name, gateway = %config.gateway, "default route added");
     }
-    netconf::enable_forwarding().map_err(|e| anyhow::anyhow!("enabling IPv4 forwarding: {e}"))?;
+    netconf::enable_forwarding().map_err(|e| match e.raw_os_error() {
+        // The unit's ProtectKernelTunables=yes: the image presets it instead.
+        Some(libc::EROFS) => anyhow::anyhow!(
+            "enabling IPv4 forwarding: {e}: /proc/sys is read-only here (ProtectKernelTunables=); \
+             set net.ipv4.ip_forward = 1 in /etc/sysctl.d, as the image's 90-cloudpipe.conf does"
+        ),
+        _ => anyhow::anyhow!("enabling IPv4 forwarding: {e}"),
+    })?;
     // What the tenant network carries sets the tunnel's MTU; nobody else may hold the
     // appliance's or the clients' addresses.
     let mac = dad::mac_of(&tenant.name).ok();

@@ -8,7 +8,6 @@
 //! on its return the kernel objects are removed ([`plumbing::undo`]).
 
 use crate::control::{socket, web};
-use crate::metadata;
 use crate::notify::Notifier;
 use crate::plumbing::{self, Cleanup};
 use crate::privileges;
@@ -16,6 +15,7 @@ use crate::source::{self, Origin, SourceError, Sources};
 use crate::supervisor;
 use crate::tunnel;
 use cloudpipe_core::config::{Config, Peer};
+use cloudpipe_core::metadata;
 use cloudpipe_core::payload::{self, Payload, PayloadError};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -42,8 +42,10 @@ pub struct Settings {
     pub data_path: tunnel::DataPath,
     /// Where the control socket `<tun_name>.sock` goes.
     pub control_dir: PathBuf,
-    /// Keep every capability (debugging, or running unprivileged tests).
+    /// Keep root and every capability (debugging).
     pub keep_privileges: bool,
+    /// Who to become after set-up when started as root (`--user`).
+    pub user: Option<privileges::RunAs>,
 }
 
 /// What boot built, handed to the serving phase.
@@ -98,9 +100,11 @@ pub fn main(settings: Settings) -> ExitCode {
     let cleanup = Cleanup::new(&settings, &booted.config, booted.tenant.index);
     let dropped = if settings.keep_privileges {
         tracing::warn!("--keep-privileges: running with every capability");
-        Ok(())
+        Ok(None)
     } else {
-        privileges::drop_all_but(&[privileges::CAP_NET_ADMIN])
+        hand_over(&booted, settings.user.as_ref())
+            .and_then(|()| privileges::drop_after_setup(settings.user.as_ref()))
+            .map(Some)
     };
     let serving = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -119,14 +123,39 @@ pub fn main(settings: Settings) -> ExitCode {
             plumbing::undo(&cleanup).await;
             return ExitCode::from(exit::FAILURE);
         }
-        if !settings.keep_privileges {
-            tracing::info!("privileges dropped: only CAP_NET_ADMIN kept");
+        if let Ok(Some(d)) = &dropped {
+            tracing::info!(
+                uid = d.uid,
+                gid = d.gid,
+                bounding_set_lowered = d.bounding_lowered,
+                "privileges dropped: only CAP_NET_ADMIN kept"
+            );
         }
         let code = supervisor::serve(booted, &settings, &notifier).await;
         notifier.send("STOPPING=1");
         plumbing::undo(&cleanup).await;
         ExitCode::from(code)
     })
+}
+
+/// Before a root daemon becomes `user`: what it must still manage as that user
+/// becomes its own. The control socket (0600) is the user's, and so is its
+/// directory when the daemon made it (else removing the socket at stop needs the
+/// directory's owner: a shared /run/wireguard keeps a stale socket, which the next
+/// start replaces).
+fn hand_over(booted: &Booted, user: Option<&privileges::RunAs>) -> anyhow::Result<()> {
+    let Some(u) = user.filter(|u| !u.is_root() && nix::unistd::geteuid().is_root()) else {
+        return Ok(());
+    };
+    let chown = |p: &std::path::Path| {
+        nix::unistd::chown(p, Some(u.uid), Some(u.gid))
+            .map_err(|e| anyhow::anyhow!("chown {} to {}: {e}", p.display(), u.name))
+    };
+    chown(booted.control.path())?;
+    if let Some(dir) = booted.control.made_dir() {
+        chown(dir)?;
+    }
+    Ok(())
 }
 
 /// Find, check and apply the payload. On error, the exit status; the system is left

@@ -9,7 +9,7 @@
 use crate::backoff::Backoff;
 use crate::configdrive;
 use crate::http::{self, HttpError, Limits, Url};
-use crate::metadata;
+use cloudpipe_core::metadata;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 

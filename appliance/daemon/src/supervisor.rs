@@ -13,13 +13,13 @@
 //! kernel objects; the socket file goes when its guard drops. Within 2 s.
 
 use crate::control::{socket, web, Command, PollCounters, Shared, View};
-use crate::metadata;
 use crate::notify::Notifier;
 use crate::plumbing::Host;
 use crate::run::{exit, payload_field, Booted, Settings};
 use crate::source::{self, Origin};
 use crate::tunnel::{self, TunnelHandle};
 use cloudpipe_core::config::{Config, Peer};
+use cloudpipe_core::metadata;
 use cloudpipe_core::overlay::Overlay;
 use cloudpipe_core::payload::{self, Payload};
 use cloudpipe_core::reconcile::{Diff, Reconciler, Source};

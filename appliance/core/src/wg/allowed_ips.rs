@@ -384,10 +384,43 @@ mod tests {
         prop_oneof![arb_v4(), arb_v6()]
     }
 
+    /// The trie's own rules, which lookups alone would not notice breaking: every
+    /// node's prefix has no host bits and extends its parent's by at least one bit
+    /// (the child on the side of the parent's next bit), no node without a value has
+    /// fewer than two children (`prune`), and `len` counts the values.
+    fn assert_shape<T>(t: &AllowedIps<T>) {
+        fn walk<T>(n: &Node<T>, width: u8, parent: Option<(u128, u8, usize)>) -> usize {
+            assert!(n.cidr <= width, "/{} in a {width}-bit family", n.cidr);
+            assert_eq!(n.bits & !mask(n.cidr), 0, "host bits in /{}", n.cidr);
+            if let Some((bits, cidr, side)) = parent {
+                assert!(n.cidr > cidr, "a child /{} under /{cidr}", n.cidr);
+                assert_eq!(n.bits & mask(cidr), bits, "a child outside its parent");
+                assert_eq!(bit(n.bits, cidr), side, "a child on the wrong side");
+            }
+            let children = n.child.iter().flatten().count();
+            assert!(
+                n.value.is_some() || children == 2,
+                "a prunable node is left"
+            );
+            let mut values = usize::from(n.value.is_some());
+            for (side, c) in n.child.iter().enumerate() {
+                if let Some(c) = c {
+                    values += walk(c, width, Some((n.bits, n.cidr, side)));
+                }
+            }
+            values
+        }
+        let v4 = t.v4.as_deref().map_or(0, |n| walk(n, 32, None));
+        let v6 = t.v6.as_deref().map_or(0, |n| walk(n, 128, None));
+        assert_eq!(v4 + v6, t.len(), "len counts the values");
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(300))]
-        // Random inserts and removes, then lookups of addresses near the networks
-        // used, against the naive model (wireguard-go's allowedips_rand_test idea).
+        // Random inserts and removes, then lookups of addresses in, at the edges of
+        // and just outside the networks used, against the naive model
+        // (wireguard-go's allowedips_rand_test idea); what each change returns, the
+        // trie's shape after each, and the order `iter` promises.
         #[test]
         fn agrees_with_naive_model(
             ops in proptest::collection::vec((0u8..4, arb_net(), 0u8..8), 1..120),
@@ -396,24 +429,58 @@ mod tests {
             let mut t = AllowedIps::new();
             let mut m = Naive::default();
             for (op, n, v) in &ops {
+                let before = m.0.iter().find(|(k, _)| *k == normalize(*n)).map(|(_, x)| *x);
                 match op {
-                    0 => { t.remove(*n); m.remove(*n); }
-                    1 => { t.remove_where(|x| x == v); m.0.retain(|(_, x)| x != v); }
-                    _ => { t.insert(*n, *v); m.insert(*n, *v); }
+                    0 => {
+                        prop_assert_eq!(t.remove(*n), before);
+                        m.remove(*n);
+                    }
+                    1 => {
+                        let gone = m.0.iter().filter(|(_, x)| x == v).count();
+                        prop_assert_eq!(t.remove_where(|x| x == v), gone);
+                        m.0.retain(|(_, x)| x != v);
+                    }
+                    _ => {
+                        prop_assert_eq!(t.insert(*n, *v), before);
+                        m.insert(*n, *v);
+                    }
                 }
                 prop_assert_eq!(t.len(), m.0.len());
+                assert_shape(&t);
             }
             for p in ops.iter().map(|(_, n, _)| *n).chain(probes) {
-                for a in [p.ip(), p.network(), p.broadcast_or_last()] {
+                let edges = [p.ip(), p.network(), p.broadcast_or_last()];
+                let outside = [step(p.network(), -1), step(p.broadcast_or_last(), 1)];
+                for a in edges.into_iter().chain(outside.into_iter().flatten()) {
                     prop_assert_eq!(t.lookup(a).copied(), m.lookup(a), "lookup {}", a);
                 }
                 prop_assert_eq!(t.get(p).copied(), m.0.iter().find(|(n, _)| *n == normalize(p)).map(|(_, v)| *v));
             }
-            let mut listed: Vec<_> = t.iter().map(|(n, v)| (n, *v)).collect();
+            // IPv4 first; in each family by address, a prefix before the networks
+            // inside it.
+            let listed: Vec<_> = t.iter().map(|(n, v)| (n, *v)).collect();
+            let key = |n: &IpNetwork| (n.is_ipv6(), key_of(n.network()), n.prefix());
             let mut model = m.0.clone();
-            listed.sort_by_key(|(n, _)| (n.is_ipv6(), n.to_string()));
-            model.sort_by_key(|(n, _)| (n.is_ipv6(), n.to_string()));
+            model.sort_by_key(|(n, _)| key(n));
             prop_assert_eq!(listed, model);
+        }
+    }
+
+    /// The address `d` (plus or minus one) away from `a`, if there is one.
+    fn step(a: IpAddr, d: i8) -> Option<IpAddr> {
+        match a {
+            IpAddr::V4(v) => u32::from(v)
+                .checked_add_signed(d.into())
+                .map(|x| IpAddr::V4(x.into())),
+            IpAddr::V6(v) => {
+                let x = u128::from(v);
+                let y = if d < 0 {
+                    x.checked_sub(1)
+                } else {
+                    x.checked_add(1)
+                };
+                y.map(|y| IpAddr::V6(y.into()))
+            }
         }
     }
 

@@ -35,6 +35,8 @@ const SET_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Bound {
     path: PathBuf,
     listener: Option<std::os::unix::net::UnixListener>,
+    /// The directory, when this daemon created it.
+    made_dir: Option<PathBuf>,
 }
 
 impl Bound {
@@ -43,10 +45,12 @@ impl Bound {
     /// replaced; a live one means another daemon serves this interface: an error.
     pub fn bind(dir: &Path, interface: &str) -> anyhow::Result<Bound> {
         let path = dir.join(format!("{interface}.sock"));
+        let mut made_dir = None;
         if !dir.exists() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
             let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
+            made_dir = Some(dir.to_path_buf());
         }
         if path.exists() {
             if std::os::unix::net::UnixStream::connect(&path).is_ok() {
@@ -66,6 +70,7 @@ impl Bound {
         let bound = Bound {
             path,
             listener: Some(listener),
+            made_dir,
         };
         std::fs::set_permissions(&bound.path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| anyhow::anyhow!("{}: {e}", bound.path.display()))?;
@@ -74,6 +79,11 @@ impl Bound {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The socket's directory, if [`Bound::bind`] created it.
+    pub fn made_dir(&self) -> Option<&Path> {
+        self.made_dir.as_deref()
     }
 
     /// The listener, for [`serve`] (once).
@@ -92,6 +102,11 @@ impl Drop for Bound {
         match std::fs::remove_file(&self.path) {
             Ok(()) => tracing::debug!(path = %self.path.display(), "control socket removed"),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            // A directory this daemon did not make and, no longer root, cannot
+            // write: the next start finds the socket stale and replaces it.
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                tracing::info!(path = %self.path.display(), error = %e, "the control socket stays behind; the next start replaces it")
+            }
             Err(e) => {
                 tracing::warn!(path = %self.path.display(), error = %e, "cannot remove the control socket")
             }

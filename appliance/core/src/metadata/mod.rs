@@ -1,18 +1,36 @@
-//! The metadata service's paths and its `meta_data.json`, the document whose `meta`
-//! map (instance properties) carries the overlay of added and revoked clients.
+//! What the appliance reads from OpenStack about itself, as bytes in and values out:
+//! the metadata service's paths and its HTTP responses ([`http`]), the config
+//! drive's filesystem ([`config_drive`]: label probe, ISO 9660), `meta_data.json`,
+//! whose `meta` map (instance properties) carries the overlay of added and revoked
+//! clients ([`parse_meta`]), and `network_data.json`, which gives the tenant
+//! network's MTU ([`link_mtu`]).
+//!
+//! All of it is untrusted input: a metadata service or a block device labelled
+//! `config-2` can hold anything. Each reader here is bounded, never panics, and is
+//! fuzzed (`appliance/core/fuzz`: `http_response`, `config_drive`, `meta_data`).
+//! The daemon (`cloudpiped`) keeps only the I/O: the socket, the block device.
+//!
+//! Sources: OpenStack's metadata service and config drive ("Metadata service" and
+//! "Config drives" in the Nova user documentation).
+
+pub mod config_drive;
+pub mod http;
 
 use std::collections::BTreeMap;
 
 /// Where user-data lives, OpenStack style first (issue order), then EC2 style.
 pub const USER_DATA_PATHS: [&str; 2] = ["openstack/latest/user_data", "latest/user-data"];
+/// The instance's metadata document, with the `meta` map of instance properties.
 pub const META_DATA_PATH: &str = "openstack/latest/meta_data.json";
+/// The instance's network configuration (links with their MTU).
 pub const NETWORK_DATA_PATH: &str = "openstack/latest/network_data.json";
 /// A `meta_data.json` is a few KiB; Nova's 128 properties of 255 characters fit in 64 KiB.
 pub const MAX_META_DATA: usize = 256 * 1024;
 
 /// The instance properties (`meta`) out of a `meta_data.json`. A document without
 /// `meta` has no properties; non-string values are not properties Nova writes and
-/// are reported as an error rather than guessed at.
+/// are reported as an error rather than guessed at. Errors name the document and,
+/// where there is one, the key.
 pub fn parse_meta(doc: &[u8]) -> Result<BTreeMap<String, String>, String> {
     let v: serde_json::Value =
         serde_json::from_slice(doc).map_err(|e| format!("meta_data.json is not JSON: {e}"))?;
@@ -28,7 +46,10 @@ pub fn parse_meta(doc: &[u8]) -> Result<BTreeMap<String, String>, String> {
     meta.iter()
         .map(|(k, v)| match v {
             serde_json::Value::String(s) => Ok((k.clone(), s.clone())),
-            _ => Err(format!("meta_data.json: meta.{k} is not a string")),
+            _ => Err(format!(
+                "meta_data.json: meta.{:?} is not a string",
+                crate::uapi::truncate(k)
+            )),
         })
         .collect()
 }
