@@ -251,6 +251,22 @@ pub fn iperf_server(lab: &Lab, port: u16) {
     .unwrap();
 }
 
+/// An iperf3 client in `ns` sending to the tenant VM's server on `port` for
+/// `seconds` in the background, reporting every second in JSON on its standard
+/// output (read it with [`iperf_report`]).
+pub fn iperf_client(lab: &Lab, ns: &str, port: u16, seconds: u32) -> std::process::Child {
+    let (p, t) = (port.to_string(), seconds.to_string());
+    let vm = lab.tenant_vm_ip().to_string();
+    lab.spawn_with(
+        ns,
+        &["iperf3", "-c", &vm, "-p", &p, "-t", &t, "-i", "1", "-J"],
+        |c| {
+            c.stdout(std::process::Stdio::piped());
+        },
+    )
+    .expect("starting iperf3")
+}
+
 /// The iperf3 client's JSON report, after checking that it succeeded.
 pub fn iperf_report(out: std::process::Output) -> serde_json::Value {
     let text = String::from_utf8_lossy(&out.stdout);
