@@ -5,7 +5,7 @@ use super::{open, publish};
 use crate::cli::ClientCmd;
 use crate::model::{ClientFile, Network, Status};
 use crate::qr;
-use crate::state::{self, StateDir};
+use crate::state::{self, Batch, StateDir};
 use anyhow::{bail, Context, Result};
 use cloudpipe_core::client_config::ClientConfig;
 use cloudpipe_core::config::check_name;
@@ -54,10 +54,13 @@ pub fn run(state: &StateDir, cmd: ClientCmd) -> Result<()> {
             let mut peers = net.active_peers()?;
             peers.push(client.peer()?);
             net.config_with(&peers)?;
-            net.save_client(&client)?;
+            let mut b = Batch::new();
+            net.save_client(&mut b, &client)?;
             let text =
                 ClientConfig::for_network(&config, address, key, Some(psk), endpoint).render();
             net.clients.push(client);
+            let hint = publish::hint(&net, &mut b)?;
+            b.commit()?;
             emit(&text, output.as_deref(), want_qr, qr_png.as_deref()).with_context(|| {
                 format!(
                     "client {name} was added with address {address}; print its config again with \
@@ -65,7 +68,8 @@ pub fn run(state: &StateDir, cmd: ClientCmd) -> Result<()> {
                 )
             })?;
             eprintln!("added client {name} with address {address}");
-            publish::hint(&net)
+            hint.iter().for_each(|l| eprintln!("{l}"));
+            Ok(())
         }
         ClientCmd::List { network } => {
             let net = open(state, &network)?;
@@ -122,12 +126,16 @@ pub fn run(state: &StateDir, cmd: ClientCmd) -> Result<()> {
             c.status = Status::Revoked {
                 released: !may_be_running,
             };
-            net.save_client(&c)?;
+            let mut b = Batch::new();
+            net.save_client(&mut b, &c)?;
             if let Some(slot) = net.clients.iter_mut().find(|x| x.name == name) {
                 *slot = c;
             }
+            let hint = publish::hint(&net, &mut b)?;
+            b.commit()?;
             eprintln!("revoked client {name}");
-            publish::hint(&net)
+            hint.iter().for_each(|l| eprintln!("{l}"));
+            Ok(())
         }
     }
 }
