@@ -227,12 +227,25 @@ impl Daemon {
 
     /// Wait for the daemon to exit (killing it after `timeout`), with its peak memory.
     pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Exit> {
+        match self.wait_exit_within(timeout) {
+            Ok(exit) => Ok(exit),
+            Err(e) => {
+                if self.child.take().is_some() {
+                    kill_child(self.pid);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Wait up to `timeout` for the daemon to exit; an error (and the daemon left
+    /// running) if it has not.
+    pub fn wait_exit_within(&mut self, timeout: Duration) -> anyhow::Result<Exit> {
         let deadline = Instant::now() + timeout;
-        let Some(child) = self.child.take() else {
+        if self.child.is_none() {
             anyhow::bail!("already waited for");
-        };
-        let pid = child.id() as i32;
-        std::mem::forget(child);
+        }
+        let pid = self.pid as i32;
         loop {
             let mut status = 0;
             // SAFETY: zeroed rusage is a valid out-parameter.
@@ -241,6 +254,8 @@ impl Daemon {
             let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
             if r == pid {
                 use std::os::unix::process::ExitStatusExt;
+                // Reaped: the Child must not wait or kill again.
+                std::mem::forget(self.child.take());
                 return Ok(Exit {
                     status: ExitStatus::from_raw(status),
                     elapsed: self.started.elapsed(),
@@ -251,7 +266,6 @@ impl Daemon {
                 anyhow::bail!("wait4: {}", std::io::Error::last_os_error());
             }
             if Instant::now() >= deadline {
-                kill_child(pid as u32);
                 anyhow::bail!(
                     "cloudpiped did not exit within {timeout:?}; log:\n{}",
                     self.log()

@@ -27,6 +27,7 @@
 pub mod client_mode;
 pub mod daemon;
 pub mod demo;
+pub mod flood;
 pub mod metadata_server;
 pub mod mission;
 pub mod netns;
@@ -34,6 +35,8 @@ pub mod neutron;
 pub mod openstack;
 pub mod payloads;
 pub mod privileges;
+pub mod swarm;
+pub mod unit;
 pub mod wg_client;
 
 use anyhow::Context;
@@ -142,6 +145,9 @@ pub struct LabOptions {
     /// ([`APPLIANCE_TAP`]) for qemu to open, filtered like any port; the VM takes
     /// its port's MAC ([`Lab::appliance_mac`]) and configures itself.
     pub appliance_tap: bool,
+    /// The lab network's subnet (default [`SUBNET`], a /24; a /21 holds a pool of
+    /// 1,000 clients). The lab payload ([`payloads::config`]) is for the default.
+    pub cidr: Option<Ipv4Network>,
 }
 
 /// The first network's appliance port when it is a tap ([`LabOptions::appliance_tap`]).
@@ -155,6 +161,7 @@ impl Default for LabOptions {
             mtu: DEFAULT_MTU,
             launch: Some(Mode::ProxyArp),
             appliance_tap: false,
+            cidr: None,
         }
     }
 }
@@ -284,7 +291,11 @@ impl Lab {
         let t = Instant::now();
         lab.cloud = Some(lab.make_cloud(&state)?);
         lab.build()?;
-        lab.add_tenant_net(NETWORK, SUBNET.parse()?, opts.mtu, opts.dhcp, true)?;
+        let cidr = match opts.cidr {
+            Some(c) => c,
+            None => SUBNET.parse()?,
+        };
+        lab.add_tenant_net(NETWORK, cidr, opts.mtu, opts.dhcp, true)?;
         if opts.appliance_tap {
             lab.nets.lock().unwrap()[0].tap = true;
             lab.use_tap()?;
@@ -1185,9 +1196,24 @@ impl Lab {
         write_atomic(&dir.join("meta_data.json"), doc.to_string().as_bytes())
     }
 
-    /// How the metadata server misbehaves, see [`metadata_server::Mode`].
+    /// How the metadata server answers user-data requests, see
+    /// [`metadata_server::Mode`].
     pub fn set_metadata_mode(&self, mode: metadata_server::Mode) -> anyhow::Result<()> {
         write_atomic(&self.metadata_dir().join("mode"), mode.as_str().as_bytes())
+    }
+
+    /// How the metadata server answers `meta_data.json` requests (the daemon's
+    /// polls), see [`metadata_server::Mode`].
+    pub fn set_meta_mode(&self, mode: metadata_server::Mode) -> anyhow::Result<()> {
+        write_atomic(
+            &self.metadata_dir().join("meta_mode"),
+            mode.as_str().as_bytes(),
+        )
+    }
+
+    /// The requests the metadata server has answered so far (path, mode).
+    pub fn metadata_requests(&self) -> Vec<(String, metadata_server::Mode)> {
+        metadata_server::requests(&self.metadata_dir())
     }
 
     /// Start the metadata server in the router namespace on 169.254.169.254:80 and
@@ -1370,4 +1396,75 @@ pub fn bin_path(name: &str) -> anyhow::Result<PathBuf> {
                 "{name} not found (looked in {candidates:?}): run `cargo build -p cloudpiped -p cloudpipe-lab` first"
             )
         })
+}
+
+/// A process's memory and CPU use, read from /proc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStats {
+    /// Resident set size (`VmRSS`), KiB.
+    pub rss_kib: u64,
+    /// Peak resident set size (`VmHWM`), KiB.
+    pub hwm_kib: u64,
+    /// CPU time in user and kernel mode (`utime` + `stime`).
+    pub cpu: Duration,
+    pub threads: u64,
+}
+
+/// Memory and CPU of process `pid` (`/proc/PID/status` and `/proc/PID/stat`).
+pub fn proc_stats(pid: u32) -> anyhow::Result<ProcStats> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no {name} in /proc/{pid}/status"))
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces): state is field 3,
+    // utime and stime fields 14 and 15 (proc(5)).
+    let rest: Vec<&str> = stat[stat.rfind(')').map_or(0, |i| i + 2)..]
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| -> u64 { rest.get(i - 3).and_then(|v| v.parse().ok()).unwrap_or(0) };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(ProcStats {
+        rss_kib: field("VmRSS:")?,
+        hwm_kib: field("VmHWM:")?,
+        cpu: Duration::from_millis((ticks(14) + ticks(15)) * 1000 / hz),
+        threads: field("Threads:")?,
+    })
+}
+
+impl Lab {
+    /// The lab network's subnet (as Neutron made it).
+    pub fn subnet(&self) -> Ipv4Network {
+        self.network(0).cidr
+    }
+
+    /// `count` extra source addresses for a load generator in `outside`:
+    /// 198.18.0.1 onwards (RFC 2544's benchmarking range) on its loopback, routed
+    /// back to it by the router. Returns the `FIRST+COUNT` form `cloudpipe-lab
+    /// flood --sources` takes.
+    pub fn add_flood_sources(&self, count: u32) -> anyhow::Result<String> {
+        let first = u32::from(Ipv4Addr::new(198, 18, 0, 1));
+        let batch: String = (0..count)
+            .map(|i| format!("address add {}/32 dev lo\n", Ipv4Addr::from(first + i)))
+            .collect();
+        let path = self.dir.join(format!(
+            "sources-{}.batch",
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::write(&path, batch)?;
+        run(Command::new("ip")
+            .args(["-n", &self.outside(), "-batch"])
+            .arg(&path))?;
+        self.ip(
+            &self.router(),
+            &format!("route replace 198.18.0.0/15 via {OUTSIDE}"),
+        )?;
+        Ok(format!("{}+{count}", Ipv4Addr::from(first)))
+    }
 }

@@ -12,6 +12,10 @@
 //! cloudpipe-lab payload [--masquerade] [--zip|--json] print the lab network's payload
 //! cloudpipe-lab metadata-server --dir D --listen ADDR:PORT
 //! cloudpipe-lab demo                                the whole mission, narrated, with a verdict
+//! cloudpipe-lab flood --kind KIND --target ADDR:PORT [--server-key KEY]
+//!     [--client-config FILE --ping ADDR] [--sources FIRST+COUNT|A,B,...]
+//!     [--rate PER_SECOND] [--seconds S]             load on the appliance's UDP
+//!                                                   port (see flood.rs); JSON report
 //! ```
 
 use cloudpipe_lab::{metadata_server, Lab, LabOptions, Role, NS_PREFIX};
@@ -40,8 +44,9 @@ fn main() -> ExitCode {
             }
             return cloudpipe_lab::demo::run();
         }
+        Some("flood") => flood(&args[1..]),
         _ => {
-            eprintln!("usage: cloudpipe-lab up [--keep] [--dhcp] [--metadata] [--payload] [--mtu N] [--appliance-tap] [--allow CIDR]... | down [ID] | exec ROLE CMD... | payload [--masquerade] [--zip|--json] | metadata-server --dir D --listen ADDR:PORT | demo");
+            eprintln!("usage: cloudpipe-lab up [--keep] [--dhcp] [--metadata] [--payload] [--mtu N] [--appliance-tap] [--allow CIDR]... | down [ID] | exec ROLE CMD... | payload [--masquerade] [--zip|--json] | metadata-server --dir D --listen ADDR:PORT | demo | flood --kind initiation|garbage|unknown-index|replay|bad-mac --target ADDR:PORT ...");
             return ExitCode::from(2);
         }
     };
@@ -64,6 +69,55 @@ fn metadata(args: &[String]) -> anyhow::Result<ExitCode> {
     let dir = flag_value(args, "--dir").ok_or_else(|| anyhow::anyhow!("--dir is required"))?;
     let listen = flag_value(args, "--listen").unwrap_or_else(|| "169.254.169.254:80".into());
     metadata_server::serve(PathBuf::from(dir), &listen)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn flood(args: &[String]) -> anyhow::Result<ExitCode> {
+    use cloudpipe_lab::flood::{self, Kind, Options};
+    let kind = flag_value(args, "--kind")
+        .and_then(|k| Kind::parse(&k))
+        .ok_or_else(|| {
+            anyhow::anyhow!("--kind is one of initiation, garbage, unknown-index, replay, bad-mac")
+        })?;
+    let target = flag_value(args, "--target")
+        .ok_or_else(|| {
+            anyhow::anyhow!("--target ADDR:PORT is required (the floating IP and UDP port)")
+        })?
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--target: {e}"))?;
+    let client_config = flag_value(args, "--client-config")
+        .map(|f| {
+            std::fs::read_to_string(&f).map_err(|e| anyhow::anyhow!("--client-config {f}: {e}"))
+        })
+        .transpose()?;
+    let number = |name: &str, default: f64| -> anyhow::Result<f64> {
+        flag_value(args, name).map_or(Ok(default), |v| {
+            v.parse()
+                .map_err(|_| anyhow::anyhow!("{name}: {v:?} is not a number"))
+        })
+    };
+    let opts = Options {
+        kind,
+        target,
+        server_key: flag_value(args, "--server-key")
+            .map(|k| k.parse())
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--server-key: {e}"))?,
+        client_config,
+        ping: flag_value(args, "--ping")
+            .map(|a| a.parse())
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--ping: {e}"))?,
+        sources: flag_value(args, "--sources")
+            .map(|s| flood::parse_sources(&s))
+            .transpose()?
+            .unwrap_or_default(),
+        rate: number("--rate", 0.0)? as u64,
+        duration: std::time::Duration::from_secs_f64(number("--seconds", 5.0)?),
+    };
+    flood::stop_on_signals()?;
+    let report = flood::run(&opts)?;
+    println!("{}", report.to_json(kind));
     Ok(ExitCode::SUCCESS)
 }
 

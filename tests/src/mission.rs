@@ -42,9 +42,10 @@ impl Mission {
         )
     }
 
-    /// The network made with `cloudpipe network create lab` (endpoint: the floating
-    /// IP the lab's project holds; `--mtu`: the lab network's, unless `create_args`
-    /// give one), launched in Neutron from `cloudpipe openstack lab --json`.
+    /// The network made with `cloudpipe network create lab` (the lab network's
+    /// subnet; endpoint: the floating IP the lab's project holds; `--mtu`: the lab
+    /// network's and `--clients 5`, unless `create_args` give them), launched in
+    /// Neutron from `cloudpipe openstack lab --json`.
     pub fn with_options(opts: LabOptions, create_args: &[&str]) -> Option<Mission> {
         if crate::skip_unless_root() {
             return None;
@@ -57,17 +58,19 @@ impl Mission {
         let state = lab.dir().join("state");
         let endpoint = format!("{}:{}", lab.floating_ip(), crate::WG_PORT);
         let mtu = lab.mtu().to_string();
+        let cidr = lab.subnet().to_string();
         let mut args = vec![
             "network",
             "create",
             NETWORK,
             "--cidr",
-            crate::SUBNET,
-            "--clients",
-            "5",
+            &cidr,
             "--endpoint",
             &endpoint,
         ];
+        if !create_args.contains(&"--clients") {
+            args.extend(["--clients", "5"]);
+        }
         if !create_args.contains(&"--mtu") {
             args.extend(["--mtu", &mtu]);
         }
@@ -283,6 +286,22 @@ pub fn iperf_server(lab: &Lab, port: u16) {
     .unwrap();
 }
 
+/// An iperf3 client in `ns` sending to the tenant VM's server on `port` for
+/// `seconds` in the background, reporting every second in JSON on its standard
+/// output (read it with [`iperf_report`]).
+pub fn iperf_client(lab: &Lab, ns: &str, port: u16, seconds: u32) -> std::process::Child {
+    let (p, t) = (port.to_string(), seconds.to_string());
+    let vm = lab.tenant_vm_ip().to_string();
+    lab.spawn_with(
+        ns,
+        &["iperf3", "-c", &vm, "-p", &p, "-t", &t, "-i", "1", "-J"],
+        |c| {
+            c.stdout(std::process::Stdio::piped());
+        },
+    )
+    .expect("starting iperf3")
+}
+
 /// The iperf3 client's JSON report, after checking that it succeeded.
 pub fn iperf_report(out: std::process::Output) -> serde_json::Value {
     let text = String::from_utf8_lossy(&out.stdout);
@@ -360,4 +379,38 @@ pub fn ping_df(lab: &Lab, ns: &str, dst: &str, size: u16, count: u32) -> (u32, S
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0);
     (received, text)
+}
+
+/// The appliance's Prometheus metrics (the network needs `--status-port PORT`),
+/// scraped with curl from the tenant VM: every sample, `name{labels}` to value.
+pub fn scrape_metrics(
+    lab: &Lab,
+    port: u16,
+) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
+    let url = format!("http://{}:{port}/metrics", crate::APPLIANCE);
+    let text = lab.exec(&lab.tenant_vm(), &["curl", "-sSf", "--max-time", "5", &url])?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect())
+}
+
+/// Counters of the kernel's UDP layer in `ns` (`/proc/net/snmp`, `Udp:` lines):
+/// `InDatagrams`, `RcvbufErrors` (dropped for a full socket buffer), ...
+pub fn udp_counters(lab: &Lab, ns: &str) -> std::collections::BTreeMap<String, u64> {
+    let text = lab.exec(ns, &["cat", "/proc/net/snmp"]).unwrap_or_default();
+    let udp: Vec<&str> = text.lines().filter(|l| l.starts_with("Udp:")).collect();
+    match udp[..] {
+        [names, values, ..] => names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .skip(1)
+            .filter_map(|(n, v)| Some((n.to_string(), v.parse().ok()?)))
+            .collect(),
+        _ => Default::default(),
+    }
 }

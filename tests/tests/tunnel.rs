@@ -7,8 +7,8 @@
 //! properties `cloudpipe publish --json` prints.
 
 use cloudpipe_lab::mission::{
-    count_from, iperf_report, iperf_server, ping, ping_all, spy_on, wg_keypair, with_private_key,
-    Mission, NETWORK,
+    count_from, iperf_client, iperf_report, iperf_server, ping, ping_all, spy_on, wg_keypair,
+    with_private_key, Mission, NETWORK,
 };
 use cloudpipe_lab::wait_for;
 use std::time::{Duration, Instant};
@@ -147,27 +147,7 @@ fn revocation_through_metadata_leaves_other_sessions_alone() {
 
     // Bob transfers for 8 s while alice is revoked.
     iperf_server(&m.lab, 5202);
-    let bob_transfer = m
-        .lab
-        .spawn_with(
-            &other,
-            &[
-                "iperf3",
-                "-c",
-                &vm(&m),
-                "-p",
-                "5202",
-                "-t",
-                "8",
-                "-i",
-                "1",
-                "-J",
-            ],
-            |c| {
-                c.stdout(std::process::Stdio::piped());
-            },
-        )
-        .unwrap();
+    let bob_transfer = iperf_client(&m.lab, &other, 5202, 8);
     std::thread::sleep(Duration::from_secs(1));
     m.cli(&["client", "revoke", "lab", "alice"]);
     let revoked_at = Instant::now();
@@ -224,16 +204,7 @@ fn roaming_client_keeps_its_transfer() {
     };
     let outside = m.lab.outside();
     iperf_server(&m.lab, 5203);
-    let transfer = m
-        .lab
-        .spawn_with(
-            &outside,
-            &["iperf3", "-c", &vm(&m), "-p", "5203", "-t", "6", "-J"],
-            |c| {
-                c.stdout(std::process::Stdio::piped());
-            },
-        )
-        .unwrap();
+    let transfer = iperf_client(&m.lab, &outside, 5203, 6);
     std::thread::sleep(Duration::from_secs(2));
     // NAT rebinding, as the server sees it: the client's source port changes.
     alice.set_listen_port(51999).unwrap();

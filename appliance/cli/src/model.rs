@@ -2,7 +2,7 @@
 //! configuration the payload carries, the addresses in use, the instance properties
 //! that publish client changes to a running appliance.
 
-use crate::state::{self, Lock};
+use crate::state::{self, Batch, Lock};
 use anyhow::{Context, Result};
 use cloudpipe_core::client_config::ClientKey;
 use cloudpipe_core::config::{Config, ConfigFile, Mode, Peer, PeerFile, PoolFile, FORMAT_VERSION};
@@ -204,27 +204,23 @@ impl Network {
             .with_context(|| format!("no client {name:?} in network {:?}", self.name()))
     }
 
-    pub fn save_client(&self, c: &ClientFile) -> Result<()> {
+    /// Stage `c`'s file in `b` (see [`Batch`]: written with the batch's other files
+    /// or not at all).
+    pub fn save_client(&self, b: &mut Batch, c: &ClientFile) -> Result<()> {
         let dir = self.dir.join("clients");
         state::create_dir(&dir)?;
-        state::write_json(&dir.join(format!("{}.json", c.name)), c, 0o600)
-    }
-
-    /// Undo a [`Network::save_client`] of a client never used (a failed add).
-    pub fn remove_client_file(&self, name: &str) -> Result<()> {
-        let p = self.dir.join("clients").join(format!("{name}.json"));
-        std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))
+        b.write_json(&dir.join(format!("{}.json", c.name)), c, 0o600)
     }
 
     pub fn baseline(&self) -> Result<Option<Baseline>> {
         state::read_json_opt(&self.dir.join("baseline.json"))
     }
 
-    pub fn set_baseline(&self, peers: &[Peer]) -> Result<()> {
-        let b = Baseline {
+    pub fn set_baseline(&self, b: &mut Batch, peers: &[Peer]) -> Result<()> {
+        let baseline = Baseline {
             public_keys: peers.iter().map(|p| p.public_key.to_base64()).collect(),
         };
-        state::write_json(&self.dir.join("baseline.json"), &b, 0o600)
+        b.write_json(&self.dir.join("baseline.json"), &baseline, 0o600)
     }
 
     /// The properties that take the booted appliance to the current clients; empty
@@ -246,8 +242,12 @@ impl Network {
         Ok(state::read_json_opt(&self.dir.join("published.json"))?.unwrap_or_default())
     }
 
-    pub fn set_published_properties(&self, props: &BTreeMap<String, String>) -> Result<()> {
-        state::write_json(&self.dir.join("published.json"), props, 0o600)
+    pub fn set_published_properties(
+        &self,
+        b: &mut Batch,
+        props: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        b.write_json(&self.dir.join("published.json"), props, 0o600)
     }
 
     /// Property keys whose `set` commands were printed since the last `publish
@@ -256,8 +256,8 @@ impl Network {
         Ok(state::read_json_opt(&self.dir.join("printed.json"))?.unwrap_or_default())
     }
 
-    pub fn set_printed_keys(&self, keys: &BTreeSet<String>) -> Result<()> {
-        state::write_json(&self.dir.join("printed.json"), keys, 0o600)
+    pub fn set_printed_keys(&self, b: &mut Batch, keys: &BTreeSet<String>) -> Result<()> {
+        b.write_json(&self.dir.join("printed.json"), keys, 0o600)
     }
 
     pub fn server_public_key(&self) -> PublicKey {
@@ -298,7 +298,7 @@ mod tests {
         let root = std::env::temp_dir().join(format!("cp-model-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         let dir = root.join("n");
-        let lock = state::lock_new_network(&dir).unwrap();
+        state::create_dir(&root).unwrap();
         let file = NetworkFile {
             name: "n".into(),
             cidr: "10.0.0.0/24".into(),
@@ -318,16 +318,21 @@ mod tests {
             endpoint: None,
             status_port: None,
         };
-        state::write_atomic(&server_key_path(&dir), key(1).to_base64().as_bytes(), 0o600).unwrap();
-        state::write_json(&dir.join("network.json"), &file, 0o600).unwrap();
-        let net = Network::load(dir.clone(), lock).unwrap();
+        state::create_dir_atomic(&dir, |d| {
+            state::write_atomic(&server_key_path(d), key(1).to_base64().as_bytes(), 0o600)?;
+            state::write_json(&d.join("network.json"), &file, 0o600)
+        })
+        .unwrap();
+        let net = Network::open(dir.clone()).unwrap();
+        let mut b = Batch::new();
         for c in [
             client(2, "a", 250, Status::Active),
             client(3, "b", 251, Status::Revoked { released: false }),
             client(4, "c", 252, Status::Revoked { released: true }),
         ] {
-            net.save_client(&c).unwrap();
+            net.save_client(&mut b, &c).unwrap();
         }
+        b.commit().unwrap();
         drop(net);
         let net = Network::open(dir).unwrap();
         (Temp(root), net)
@@ -376,9 +381,11 @@ mod tests {
             net.client("a").unwrap().peer().unwrap(),
             net.client("b").unwrap().peer().unwrap(),
         ];
-        net.set_baseline(&booted).unwrap();
-        net.save_client(&client(5, "d", 253, Status::Active))
+        let mut b = Batch::new();
+        net.set_baseline(&mut b, &booted).unwrap();
+        net.save_client(&mut b, &client(5, "d", 253, Status::Active))
             .unwrap();
+        b.commit().unwrap();
         let dir = net.dir.clone();
         drop(net);
         let net = Network::open(dir).unwrap();

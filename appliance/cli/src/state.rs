@@ -3,7 +3,7 @@
 //! ```text
 //! STATE/.lock                    held while networks are created, listed, deleted
 //! STATE/NET/.lock                held for the whole of any command on NET
-//! STATE/NET/network.json         the network (no secrets); written last on create
+//! STATE/NET/network.json         the network (no secrets)
 //! STATE/NET/server.key           the appliance's private key (0600)
 //! STATE/NET/clients/NAME.json    one client, with its keys (0600; no private key
 //!                                when it was made on the user's device); a client
@@ -17,7 +17,11 @@
 //!
 //! Every write is atomic (temp file with its final mode, fsync, rename, fsync of the
 //! directory), so a crash at any point leaves the previous state readable, and
-//! concurrent commands are serialised by `flock`.
+//! concurrent commands are serialised by `flock`. Files a command changes together
+//! go through one [`Batch`] (all written before any is renamed) and a new network's
+//! folder appears whole ([`create_dir_atomic`]): a full disk or a read-only file
+//! system fails a command before it changes anything. On a read-only file system
+//! commands take no lock, so the reading ones still work.
 
 use anyhow::{bail, Context, Result};
 use nix::fcntl::{Flock, FlockArg};
@@ -30,26 +34,36 @@ use std::path::{Path, PathBuf};
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/cloudpipe";
 
-/// An exclusive lock, released when dropped.
-pub struct Lock(#[allow(dead_code)] Flock<File>);
+/// An exclusive lock, released when dropped; none on a read-only file system,
+/// where nothing can change.
+pub struct Lock(#[allow(dead_code)] Option<Flock<File>>);
 
 fn lock(path: &Path) -> Result<Lock> {
     use std::os::unix::fs::MetadataExt;
     loop {
-        let f = OpenOptions::new()
+        let f = match OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .mode(0o600)
             .open(path)
-            .with_context(|| format!("opening lock {}", path.display()))?;
+        {
+            Ok(f) => f,
+            // Reading commands still work on a read-only state directory (a backup,
+            // a full disk remounted read-only); writing ones fail at their first
+            // write, naming the file.
+            Err(e) if e.raw_os_error() == Some(nix::libc::EROFS) => return Ok(Lock(None)),
+            Err(e) => return Err(anyhow::anyhow!("opening lock {}: {e}", path.display())),
+        };
         let held = Flock::lock(f, FlockArg::LockExclusive)
             .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", path.display()))?;
         // While we waited, the folder may have been deleted (and even created again):
         // a lock on a file no longer at `path` excludes nobody.
         let ours = held.metadata()?;
         match std::fs::metadata(path) {
-            Ok(now) if now.dev() == ours.dev() && now.ino() == ours.ino() => return Ok(Lock(held)),
+            Ok(now) if now.dev() == ours.dev() && now.ino() == ours.ino() => {
+                return Ok(Lock(Some(held)))
+            }
             _ => continue,
         }
     }
@@ -76,6 +90,11 @@ impl StateDir {
             });
         match usable {
             Ok(()) => Ok(Self { root }),
+            // A read-only file system (a backup, a full disk remounted read-only):
+            // reading commands work, writing ones fail at their first write, naming it.
+            Err(e) if e.raw_os_error() == Some(nix::libc::EROFS) && root.is_dir() => {
+                Ok(Self { root })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
                 "cannot use the state directory {} (permission denied): it holds every \
                  network's keys and the default one needs root. Run as root, or keep the \
@@ -141,11 +160,6 @@ pub fn lock_network(dir: &Path) -> Result<Lock> {
     Ok(lock)
 }
 
-pub fn lock_new_network(dir: &Path) -> Result<Lock> {
-    create_dir(dir)?;
-    lock(&dir.join(".lock"))
-}
-
 /// The directory holding `path` (`.` for a bare file name such as `--output a.conf`).
 fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
@@ -158,14 +172,18 @@ fn parent_dir(path: &Path) -> &Path {
 /// directory, created with its final mode, synced, renamed over `path`, and the
 /// directory synced so the rename itself survives a crash.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    write_file(path, bytes, mode, true)
+    let mut b = Batch::new();
+    b.write(path, bytes, mode)?;
+    b.commit()
 }
 
 /// Like [`write_atomic`], but never replaces an existing file: the finished
 /// temporary file is hard-linked to `path`, which fails if `path` exists (even one
 /// created a moment ago by someone else).
 pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    write_file(path, bytes, mode, false)
+    let mut b = Batch::new();
+    b.write_new(path, bytes, mode)?;
+    b.commit()
 }
 
 /// The error for an output file that is there already.
@@ -176,42 +194,162 @@ pub fn exists_error(path: &Path) -> anyhow::Error {
     )
 }
 
-fn write_file(path: &Path, bytes: &[u8], mode: u32, replace: bool) -> Result<()> {
-    let name = path
+/// Files changed together, all or none: [`Batch::write`] writes each to a
+/// temporary file beside it (final mode, synced) at once; [`Batch::commit`]
+/// puts them in place only when every one was written. A full disk or a
+/// read-only file system fails while writing the temporary files, and then no file
+/// changes (the temporary ones are removed when the batch is dropped). Renames and
+/// links need no room, so a commit does not fail for want of space.
+#[derive(Default)]
+pub struct Batch {
+    /// Temporary file, final path, whether an existing file there is replaced; in
+    /// the order written.
+    staged: Vec<(PathBuf, PathBuf, bool)>,
+}
+
+impl Batch {
+    pub fn new() -> Batch {
+        Batch::default()
+    }
+
+    /// Write `bytes` for `path` (mode `mode`) to a temporary file; on commit it
+    /// replaces whatever is at `path`. An error names `path`.
+    pub fn write(&mut self, path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+        self.stage(path, bytes, mode, true)
+    }
+
+    /// Like [`Batch::write`], but the commit fails with [`exists_error`] (changing
+    /// nothing) if a file is at `path` by then.
+    pub fn write_new(&mut self, path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+        self.stage(path, bytes, mode, false)
+    }
+
+    fn stage(&mut self, path: &Path, bytes: &[u8], mode: u32, replace: bool) -> Result<()> {
+        let name = path
+            .file_name()
+            .with_context(|| format!("{} is not a file name", path.display()))?;
+        let tmp = parent_dir(path).join(format!(
+            ".{}.tmp.{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let write = || -> std::io::Result<()> {
+            // A leftover of a crashed run that had our PID: never ours to keep.
+            let _ = std::fs::remove_file(&tmp);
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .open(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()
+        };
+        match write() {
+            Ok(()) => {
+                self.staged.push((tmp, path.to_path_buf(), replace));
+                Ok(())
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(anyhow::anyhow!("writing {}: {e}", path.display()))
+            }
+        }
+    }
+
+    /// [`Batch::write`] of `value` as pretty JSON.
+    pub fn write_json(&mut self, path: &Path, value: &impl Serialize, mode: u32) -> Result<()> {
+        let mut text = serde_json::to_vec_pretty(value)?;
+        text.push(b'\n');
+        self.write(path, &text, mode)
+    }
+
+    /// Put every file in place, then sync their folders. New files come first (a
+    /// hard link fails if something is at the path), so that one found there
+    /// undoes the links made and leaves every replaced file as it was.
+    pub fn commit(mut self) -> Result<()> {
+        let mut staged = std::mem::take(&mut self.staged);
+        staged.sort_by_key(|(_, _, replace)| *replace);
+        let cleanup = |from: &[(PathBuf, PathBuf, bool)]| {
+            for (t, _, _) in from {
+                let _ = std::fs::remove_file(t);
+            }
+        };
+        let mut linked: Vec<&Path> = Vec::new();
+        let mut dirs: Vec<&Path> = Vec::new();
+        for (i, (tmp, path, replace)) in staged.iter().enumerate() {
+            let placed = if *replace {
+                std::fs::rename(tmp, path)
+            } else {
+                std::fs::hard_link(tmp, path).and_then(|()| std::fs::remove_file(tmp))
+            };
+            if let Err(e) = placed {
+                cleanup(&staged[i..]);
+                if !*replace {
+                    for l in &linked {
+                        let _ = std::fs::remove_file(l);
+                    }
+                }
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    return Err(exists_error(path));
+                }
+                bail!("writing {}: {e}", path.display());
+            }
+            if !*replace {
+                linked.push(path);
+            }
+            let dir = parent_dir(path);
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+        for dir in dirs {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .with_context(|| format!("syncing {}", dir.display()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        for (tmp, _, _) in &self.staged {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
+/// Create a network's folder whole or not at all: `fill` writes its files into a
+/// hidden folder beside it (never listed as a network), which is renamed into place
+/// when `fill` succeeded; on any error it is removed. A folder already at `dir` is
+/// a crash's leftover without `network.json` (the caller checked) and is replaced.
+/// Hold the state directory's lock.
+pub fn create_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let parent = parent_dir(dir);
+    let name = dir
         .file_name()
-        .with_context(|| format!("{} is not a file name", path.display()))?;
-    let dir = parent_dir(path);
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}",
+        .with_context(|| format!("{} is not a folder name", dir.display()))?;
+    let staging = parent.join(format!(
+        ".creating.{}.{}",
         name.to_string_lossy(),
         std::process::id()
     ));
-    let write = || -> std::io::Result<()> {
-        // A leftover of a crashed run that had our PID: never ours to keep.
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        if replace {
-            std::fs::rename(&tmp, path)?;
-        } else {
-            std::fs::hard_link(&tmp, path)?;
-            std::fs::remove_file(&tmp)?;
-        }
-        File::open(dir)?.sync_all()
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            exists_error(path)
-        } else {
-            anyhow::anyhow!("writing {}: {e}", path.display())
-        }
-    })
+    let _ = std::fs::remove_dir_all(&staging);
+    let result = create_dir(&staging)
+        .and_then(|()| fill(&staging))
+        .and_then(|()| {
+            if dir.exists() {
+                std::fs::remove_dir_all(dir)
+                    .with_context(|| format!("removing {}", dir.display()))?;
+            }
+            std::fs::rename(&staging, dir)
+                .and_then(|()| File::open(parent)?.sync_all())
+                .with_context(|| format!("creating {}", dir.display()))
+        });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    result
 }
 
 /// Remove a network's folder so that a crash midway never leaves half a network:
@@ -235,9 +373,9 @@ pub fn remove_dir_atomic(dir: &Path) -> Result<()> {
 }
 
 pub fn write_json(path: &Path, value: &impl Serialize, mode: u32) -> Result<()> {
-    let mut text = serde_json::to_vec_pretty(value)?;
-    text.push(b'\n');
-    write_atomic(path, &text, mode)
+    let mut b = Batch::new();
+    b.write_json(path, value, mode)?;
+    b.commit()
 }
 
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {

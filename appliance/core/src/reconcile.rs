@@ -379,6 +379,18 @@ impl Reconciler {
         self.conflicts_total
     }
 
+    /// Everything the host holds for the desired set (proxy entries, routes through
+    /// the TUN device), as the diff from a host without any: what to put back when
+    /// the kernel dropped it (a link that went down, a TUN device deleted).
+    pub fn host_entries(&self) -> HostDiff {
+        let s = self.host_state();
+        HostDiff {
+            add_proxies: s.proxies.into_iter().collect(),
+            add_routes: s.routes.into_iter().collect(),
+            ..HostDiff::default()
+        }
+    }
+
     /// Allowed IPs of the desired set that get no host change (inside the tenant
     /// subnet but outside the pool, IPv6, or a default route), for a warning.
     pub fn unrouted(&self) -> Vec<(PublicKey, IpNetwork)> {

@@ -34,7 +34,7 @@ use std::time::Duration;
     about,
     after_help = "Exit status: 0 clean stop (SIGTERM/SIGINT), 1 failure, 2 payload rejected, \
                   3 no payload (404 or empty config drive), 4 metadata service not usable \
-                  within --boot-timeout. SIGHUP re-reads the payload and instance properties; SIGUSR1 logs one status line per peer; SIGTERM and SIGINT stop within 2 s, removing the TUN device, proxy entries, NAT rules and the control socket.\n\nThe control socket (--control-dir/<tun-name>.sock) speaks WireGuard's userspace API: stock `wg show`, `wg set`, `wg syncconf` work against it. `cloudpipe status` reads the same socket."
+                  within --boot-timeout. SIGHUP re-reads the payload and instance properties; SIGUSR1 logs one status line per peer; SIGTERM and SIGINT stop within 2 s, removing the TUN device, proxy entries, NAT rules and the control socket.\n\nWhile serving, a TUN device deleted from under the daemon is created again with every session kept (three times a minute at most, then exit status 1), and a tenant NIC or TUN device that goes down and up gets back its address, default route, proxy entries and routes.\n\nThe control socket (--control-dir/<tun-name>.sock) speaks WireGuard's userspace API: stock `wg show`, `wg set`, `wg syncconf` work against it. `cloudpipe status` reads the same socket."
 )]
 struct Args {
     /// Read the payload from this file (any encoding) instead of the config drive or

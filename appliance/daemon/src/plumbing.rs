@@ -16,6 +16,8 @@ use cloudpipe_core::config::{Config, Mode};
 use cloudpipe_core::pool::Pool;
 use cloudpipe_core::reconcile::HostDiff;
 use cloudpipe_net::netconf::{self, Link, Net};
+use cloudpipe_net::tun::TunQueue;
+use std::collections::BTreeSet;
 
 /// Everything this daemon adds to the system and must remove on a clean stop.
 #[derive(Debug, Clone)]
@@ -42,6 +44,8 @@ impl Cleanup {
 pub struct Configured {
     pub tenant: Link,
     pub tun_index: u32,
+    /// The TUN device's MTU: what the tenant network carries, at most the payload's.
+    pub tun_mtu: u16,
     pub queues: tunnel::Queues,
 }
 
@@ -103,20 +107,7 @@ pub async fn configure(
     dad::check_tenant(&tenant.name, tenant.index, mac, config);
     let cleanup = Cleanup::new(settings, config, tenant.index);
     let result = async {
-        let tun = tunnel::open_tun(&settings.tun_name, tunnel_mtu, settings.data_path)?;
-        let link = net
-            .link_by_name(&settings.tun_name)
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("TUN device {} vanished", settings.tun_name))?;
-        // IPv4 only: no link-local address, router solicitations or ND into the tunnel.
-        if let Err(e) = netconf::set_sysctl(&format!("net/ipv6/conf/{}/disable_ipv6", settings.tun_name), "1") {
-            tracing::debug!(error = %e, "cannot disable IPv6 on the TUN device");
-        }
-        net.set_up(link.index, Some(u32::from(tunnel_mtu))).await?;
-        for cidr in config.pool.cidrs() {
-            net.replace_route(cidr.network(), cidr.prefix(), link.index).await?;
-        }
-        tracing::info!(tun = %settings.tun_name, mtu = tunnel_mtu, pool_first = %config.pool.first(), pool_last = %config.pool.last(), "tunnel device up, pool routed through it");
+        let (tun, tun_index) = tun_up(&net, settings, config, tunnel_mtu).await?;
         // A previous run's entries (a crash leaves them): the boot diff adds
         // the ones this run wants.
         remove_pool_proxies(&net, tenant.index, &config.pool).await?;
@@ -137,13 +128,14 @@ pub async fn configure(
                 tracing::info!(table = nat::TABLE, interface = %tenant.name, "masquerade rules loaded");
             }
         }
-        Ok::<_, anyhow::Error>((tun, link.index))
+        Ok::<_, anyhow::Error>((tun, tun_index))
     }
     .await;
     match result {
         Ok((tun, tun_index)) => Ok(Configured {
             tenant,
             tun_index,
+            tun_mtu: tunnel_mtu,
             queues: tunnel::Queues { tun, udp },
         }),
         Err(e) => {
@@ -151,6 +143,35 @@ pub async fn configure(
             Err(e)
         }
     }
+}
+
+/// Create the TUN device with its queues and bring it up: the tunnel MTU, IPv4
+/// only (no link-local address, router solicitations or ND into the tunnel), the
+/// pool routed through it. Returns the queues and the device's index.
+async fn tun_up(
+    net: &Net,
+    settings: &Settings,
+    config: &Config,
+    mtu: u16,
+) -> anyhow::Result<(Vec<TunQueue>, u32)> {
+    let tun = tunnel::open_tun(&settings.tun_name, mtu, settings.data_path)?;
+    let link = net
+        .link_by_name(&settings.tun_name)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("TUN device {} vanished", settings.tun_name))?;
+    if let Err(e) = netconf::set_sysctl(
+        &format!("net/ipv6/conf/{}/disable_ipv6", settings.tun_name),
+        "1",
+    ) {
+        tracing::debug!(error = %e, "cannot disable IPv6 on the TUN device");
+    }
+    net.set_up(link.index, Some(u32::from(mtu))).await?;
+    for cidr in config.pool.cidrs() {
+        net.replace_route(cidr.network(), cidr.prefix(), link.index)
+            .await?;
+    }
+    tracing::info!(tun = %settings.tun_name, mtu, pool_first = %config.pool.first(), pool_last = %config.pool.last(), "tunnel device up, pool routed through it");
+    Ok((tun, link.index))
 }
 
 async fn remove_pool_proxies(net: &Net, index: u32, pool: &Pool) -> anyhow::Result<()> {
@@ -166,24 +187,126 @@ async fn remove_pool_proxies(net: &Net, index: u32, pool: &Pool) -> anyhow::Resu
     Ok(())
 }
 
-/// The host while serving: where the reconciler's host diffs go.
+/// The host while serving: where the reconciler's host diffs go, and what puts
+/// back what the kernel removed (a link that went down loses its routes and proxy
+/// entries) or someone deleted (the TUN device).
 pub struct Host {
     net: Net,
     tenant: Link,
     tun_index: u32,
+    tun_mtu: u16,
 }
 
 impl Host {
-    pub fn new(tenant: Link, tun_index: u32) -> anyhow::Result<Host> {
+    pub fn new(tenant: Link, tun_index: u32, tun_mtu: u16) -> anyhow::Result<Host> {
         Ok(Host {
             net: Net::connect()?,
             tenant,
             tun_index,
+            tun_mtu,
         })
     }
 
     pub fn tenant(&self) -> &Link {
         &self.tenant
+    }
+
+    /// The TUN device's index (a recreated device has a new one).
+    pub fn tun_index(&self) -> u32 {
+        self.tun_index
+    }
+
+    /// Whether the TUN device `name` exists (with the index this host knows).
+    pub async fn tun_exists(&self, name: &str) -> anyhow::Result<bool> {
+        Ok(self
+            .net
+            .link_by_name(name)
+            .await?
+            .is_some_and(|l| l.index == self.tun_index))
+    }
+
+    /// Create the TUN device again (it was deleted), as boot did; the routes of
+    /// `entries` go through it too. Returns its queues.
+    pub async fn recreate_tun(
+        &mut self,
+        settings: &Settings,
+        config: &Config,
+        entries: &HostDiff,
+    ) -> anyhow::Result<Vec<TunQueue>> {
+        let (queues, index) = tun_up(&self.net, settings, config, self.tun_mtu).await?;
+        self.tun_index = index;
+        self.restore(config, entries).await?;
+        Ok(queues)
+    }
+
+    /// Put back what the appliance needs and the kernel dropped: with the tenant
+    /// link up, its address, a default route (when none is left) and the proxy
+    /// entries of `entries` (stale ones in the pool go); the TUN device up with the
+    /// tunnel MTU and the pool and `entries`' routes through it. Returns what was
+    /// put back, for a log line (empty: nothing was missing).
+    pub async fn restore(
+        &self,
+        config: &Config,
+        entries: &HostDiff,
+    ) -> anyhow::Result<Vec<String>> {
+        let (net, t) = (&self.net, self.tenant.index);
+        let mut done = Vec::new();
+        let tenant_up = net.links().await?.iter().any(|l| l.index == t && l.up);
+        if tenant_up {
+            if net
+                .ensure_address(t, config.address, config.subnet.prefix())
+                .await?
+            {
+                done.push(format!("address {}", config.address));
+            }
+            match net.ensure_default_route(config.gateway, t).await {
+                Ok(true) => done.push(format!("default route via {}", config.gateway)),
+                Ok(false) => {}
+                // Another agent (a DHCP client) may have put one back meanwhile.
+                Err(_) if net.default_route_link().await?.is_some() => {}
+                Err(e) => return Err(e.context(format!("default route via {}", config.gateway))),
+            }
+            let have: BTreeSet<_> = net
+                .proxies(t)
+                .await?
+                .into_iter()
+                .filter(|a| config.pool.contains(*a))
+                .collect();
+            let want: BTreeSet<_> = entries.add_proxies.iter().copied().collect();
+            for a in want.difference(&have) {
+                net.add_proxy(t, *a).await?;
+            }
+            for a in have.difference(&want) {
+                net.del_proxy(t, *a).await?;
+            }
+            let added = want.difference(&have).count();
+            if added > 0 {
+                done.push(format!("{added} proxy entries"));
+            }
+        }
+        let tun = self.tun_index;
+        if !net.links().await?.iter().any(|l| l.index == tun && l.up) {
+            net.set_up(tun, Some(u32::from(self.tun_mtu))).await?;
+            done.push("the TUN device up".into());
+        }
+        let routed: BTreeSet<(std::net::Ipv4Addr, u8)> = net
+            .routes()
+            .await?
+            .into_iter()
+            .filter(|r| r.oif == Some(tun))
+            .map(|r| (r.dst, r.prefix))
+            .collect();
+        let mut routes = 0;
+        for r in config.pool.cidrs().iter().chain(&entries.add_routes) {
+            if !routed.contains(&(r.network(), r.prefix())) {
+                net.replace_route(r.network(), r.prefix(), tun).await?;
+                routes += 1;
+            }
+        }
+        if routes > 0 {
+            done.push(format!("{routes} routes through the TUN device"));
+        }
+        Ok(done)
     }
 
     /// Apply `diff`; every item is tried. Errors name the entry and why.

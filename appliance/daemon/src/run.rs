@@ -55,6 +55,8 @@ pub struct Booted {
     pub user_data: Vec<u8>,
     pub tenant: cloudpipe_net::netconf::Link,
     pub tun_index: u32,
+    /// The TUN device's MTU (a recreated device gets it again).
+    pub tun_mtu: u16,
     pub queues: tunnel::Queues,
     /// The payload's peers with the overlay read at boot applied.
     pub peers: Vec<Peer>,
@@ -221,6 +223,7 @@ async fn boot(settings: &Settings, notifier: &Notifier) -> Result<Booted, u8> {
             user_data: fetched.user_data,
             tenant: configured.tenant,
             tun_index: configured.tun_index,
+            tun_mtu: configured.tun_mtu,
             queues: configured.queues,
             peers,
             meta,

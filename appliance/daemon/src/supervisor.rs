@@ -17,16 +17,18 @@ use crate::notify::Notifier;
 use crate::plumbing::Host;
 use crate::run::{exit, payload_field, Booted, Settings};
 use crate::source::{self, Origin};
-use crate::tunnel::{self, TunnelHandle};
+use crate::tunnel::{self, TunnelHandle, TunnelTask};
 use cloudpipe_core::config::{Config, Peer};
 use cloudpipe_core::metadata;
 use cloudpipe_core::overlay::Overlay;
 use cloudpipe_core::payload::{self, Payload};
 use cloudpipe_core::reconcile::{Diff, Reconciler, Source};
 use cloudpipe_core::uapi::{errno, SetRequest, UapiError};
+use cloudpipe_net::netconf::{self, LinkEvent};
+use cloudpipe_net::TunnelError;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -35,6 +37,13 @@ use tokio::task::JoinHandle;
 const TUNNEL_STOP_GRACE: Duration = Duration::from_millis(1200);
 /// Control-socket changes waiting for the loop.
 const COMMAND_QUEUE: usize = 16;
+/// A deleted TUN device is created again at most this many times within
+/// [`RECOVERY_WINDOW`]; beyond, the daemon exits and systemd's restart limits
+/// take over (the unit's StartLimitBurst).
+const MAX_RECOVERIES: usize = 3;
+const RECOVERY_WINDOW: Duration = Duration::from_secs(60);
+/// How soon a restore that failed (a link not quite ready) is tried again.
+const RESTORE_RETRY: Duration = Duration::from_secs(1);
 
 /// Why the metadata watcher read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +87,7 @@ pub async fn serve(booted: Booted, settings: &Settings, notifier: &Notifier) -> 
         user_data,
         tenant,
         tun_index,
+        tun_mtu,
         queues,
         peers,
         meta,
@@ -96,7 +106,7 @@ pub async fn serve(booted: Booted, settings: &Settings, notifier: &Notifier) -> 
             return exit::FAILURE;
         }
     };
-    let host = match Host::new(tenant, tun_index) {
+    let host = match Host::new(tenant, tun_index, tun_mtu) {
         Ok(h) => h,
         Err(e) => {
             tracing::error!(error = %e, "netlink");
@@ -147,8 +157,19 @@ pub async fn serve(booted: Booted, settings: &Settings, notifier: &Notifier) -> 
         readings_tx,
     )));
 
+    // Link changes: a tenant NIC that went down and up again, or a TUN device set
+    // down, lost routes and proxy entries the appliance puts back. Without the
+    // notifications (none here is fatal) the appliance still serves.
+    let mut links = netconf::watch_links().unwrap_or_else(|e| {
+        tracing::warn!(error = %format!("{e:#}"), "cannot watch link changes: a NIC that goes down and up will not be restored");
+        mpsc::unbounded_channel().1
+    });
+    let mut retry = tokio::time::interval(RESTORE_RETRY);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
     let mut sup = Supervisor {
         config,
+        settings,
         reconciler,
         host,
         handle,
@@ -156,6 +177,9 @@ pub async fn serve(booted: Booted, settings: &Settings, notifier: &Notifier) -> 
         notifier,
         meta,
         poll_failing: false,
+        tenant_up: true,
+        restore_pending: false,
+        recoveries: Vec::new(),
     };
     notifier.send(&format!("READY=1\nSTATUS={}", sup.status_line()));
     tracing::info!(source = %source, interface = %sup.host.tenant().name, address = %sup.config.address, port = sup.config.listen_port, peers = sup.reconciler.peers().count(), "ready");
@@ -166,14 +190,25 @@ pub async fn serve(booted: Booted, settings: &Settings, notifier: &Notifier) -> 
             _ = term.recv() => break 0,
             _ = int.recv() => break 0,
             r = &mut task => {
-                task_done = true;
-                match r {
-                    Ok(Ok(())) => tracing::error!("tunnel stopped"),
-                    Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "tunnel failed"),
-                    Err(e) => tracing::error!(error = %e, "tunnel task panicked"),
+                let e = match r {
+                    Ok(Ok(())) => TunnelError::Panic("the tunnel stopped by itself".into()),
+                    Ok(Err(e)) => e,
+                    Err(e) => TunnelError::Panic(format!("the tunnel's task: {e}")),
+                };
+                match sup.recover(&e).await {
+                    Some(restarted) => task = restarted,
+                    None => {
+                        task_done = true;
+                        break exit::FAILURE;
+                    }
                 }
-                break exit::FAILURE;
             }
+            Some(ev) = links.recv() => {
+                if let Some(code) = sup.link(ev).await {
+                    break code;
+                }
+            }
+            _ = retry.tick(), if sup.restore_pending => sup.restore().await,
             _ = usr1.recv() => log_status(&sup.handle),
             _ = hup.recv() => {
                 // A reading already under way will be followed by this one.
@@ -200,6 +235,7 @@ pub async fn serve(booted: Booted, settings: &Settings, notifier: &Notifier) -> 
 
 struct Supervisor<'a> {
     config: Config,
+    settings: &'a Settings,
     reconciler: Reconciler,
     host: Host,
     handle: TunnelHandle,
@@ -208,9 +244,114 @@ struct Supervisor<'a> {
     /// The latest instance properties read.
     meta: Option<BTreeMap<String, String>>,
     poll_failing: bool,
+    /// The tenant link's state as last seen (for one line per change).
+    tenant_up: bool,
+    /// A restore failed (the link may not have been ready): retry.
+    restore_pending: bool,
+    /// When the TUN device was recreated, within the last [`RECOVERY_WINDOW`].
+    recoveries: Vec<Instant>,
 }
 
 impl Supervisor<'_> {
+    /// The data path stopped with `e`. A deleted TUN device is created again and
+    /// the workers restart on it with the same sessions (at most
+    /// [`MAX_RECOVERIES`] times within [`RECOVERY_WINDOW`]); anything else ends
+    /// the daemon, for systemd to restart (`None`).
+    async fn recover(&mut self, e: &TunnelError) -> Option<TunnelTask> {
+        let tun = self.settings.tun_name.as_str();
+        if !matches!(e, TunnelError::Tun(_)) {
+            tracing::error!(error = %e, "the data path failed; exiting for systemd to restart");
+            return None;
+        }
+        match self.host.tun_exists(tun).await {
+            Ok(false) => {}
+            Ok(true) => {
+                tracing::error!(%tun, error = %e, "the TUN device failed; exiting for systemd to restart");
+                return None;
+            }
+            Err(err) => {
+                tracing::error!(%tun, error = %e, netlink = %format!("{err:#}"), "the TUN device failed and netlink cannot say why; exiting for systemd to restart");
+                return None;
+            }
+        }
+        self.recoveries.retain(|t| t.elapsed() < RECOVERY_WINDOW);
+        if self.recoveries.len() >= MAX_RECOVERIES {
+            tracing::error!(%tun, times = self.recoveries.len(), window_s = RECOVERY_WINDOW.as_secs(), "the TUN device keeps being deleted; exiting for systemd to restart");
+            return None;
+        }
+        self.recoveries.push(Instant::now());
+        tracing::warn!(%tun, "the TUN device was deleted; creating it again (sessions are kept)");
+        let entries = self.reconciler.host_entries();
+        let queues = match self
+            .host
+            .recreate_tun(self.settings, &self.config, &entries)
+            .await
+        {
+            Ok(q) => q,
+            Err(err) => {
+                tracing::error!(%tun, error = %format!("{err:#}"), "cannot create the TUN device again; exiting for systemd to restart");
+                return None;
+            }
+        };
+        match self.handle.restart(queues) {
+            Ok(task) => {
+                tracing::info!(%tun, "TUN device created again; the tunnel runs on it");
+                Some(task)
+            }
+            Err(err) => {
+                tracing::error!(%tun, error = %format!("{err:#}"), "cannot restart the tunnel; exiting for systemd to restart");
+                None
+            }
+        }
+    }
+
+    /// A link changed. When the tenant link or the TUN device is up, what the
+    /// kernel dropped while it was down is put back; a tenant link that vanished
+    /// ends the daemon (its exit status).
+    async fn link(&mut self, ev: LinkEvent) -> Option<u8> {
+        let l = &ev.link;
+        if l.index == self.host.tenant().index {
+            if ev.removed {
+                tracing::error!(interface = %l.name, "the tenant interface was removed; exiting for systemd to restart");
+                return Some(exit::FAILURE);
+            }
+            if l.up != self.tenant_up {
+                self.tenant_up = l.up;
+                if l.up {
+                    tracing::info!(interface = %l.name, "the tenant interface is up again");
+                } else {
+                    tracing::warn!(interface = %l.name, "the tenant interface went down: clients cannot reach the tenant network until it is up again");
+                    return None;
+                }
+            }
+        } else if l.index != self.host.tun_index() || ev.removed {
+            // A deleted TUN device comes back when the data path notices.
+            return None;
+        }
+        self.restore().await;
+        None
+    }
+
+    /// Put back routes, proxy entries, address and default route the kernel
+    /// dropped; on failure, try again shortly.
+    async fn restore(&mut self) {
+        let entries = self.reconciler.host_entries();
+        match self.host.restore(&self.config, &entries).await {
+            Ok(done) => {
+                self.restore_pending = false;
+                if !done.is_empty() {
+                    tracing::info!(restored = %done.join(", "), "network restored");
+                }
+            }
+            Err(e) => {
+                if !self.restore_pending {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot restore the network yet; retrying");
+                }
+                self.restore_pending = true;
+            }
+        }
+    }
+
     fn status_line(&self) -> String {
         let conflicts = match crate::dad::conflicts() {
             0 => String::new(),

@@ -233,6 +233,57 @@ impl Net {
     }
 }
 
+/// A link's state changed (the kernel's `RTNLGRP_LINK` notifications).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkEvent {
+    /// The link as it is now (for a removed link, as it was).
+    pub link: Link,
+    /// The link was deleted.
+    pub removed: bool,
+}
+
+/// Subscribe to link notifications: every link added, changed (up, down, carrier)
+/// or deleted, as it happens. The netlink socket and the task that reads it live as
+/// long as the receiver.
+pub fn watch_links() -> anyhow::Result<tokio::sync::mpsc::UnboundedReceiver<LinkEvent>> {
+    use futures_util::StreamExt;
+    use rtnetlink::packet_core::NetlinkPayload;
+    use rtnetlink::packet_route::RouteNetlinkMessage;
+    use rtnetlink::sys::{AsyncSocket, SocketAddr};
+    let (mut conn, _handle, mut messages) = rtnetlink::new_connection()?;
+    conn.socket_mut()
+        .socket_mut()
+        .bind(&SocketAddr::new(0, rtnetlink::constants::RTMGRP_LINK))?;
+    let driver = tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let next = tokio::select! {
+                m = messages.next() => m,
+                // Nobody listens any more: close the socket.
+                _ = tx.closed() => None,
+            };
+            let Some((m, _)) = next else { break };
+            let event = match m.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => LinkEvent {
+                    link: link_of(&l),
+                    removed: false,
+                },
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => LinkEvent {
+                    link: link_of(&l),
+                    removed: true,
+                },
+                _ => continue,
+            };
+            if tx.send(event).is_err() {
+                break;
+            }
+        }
+        driver.abort();
+    });
+    Ok(rx)
+}
+
 /// Turn on IPv4 forwarding (the appliance routes between the tunnel and the subnet).
 pub fn enable_forwarding() -> std::io::Result<()> {
     set_sysctl("net/ipv4/ip_forward", "1")

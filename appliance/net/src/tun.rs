@@ -242,9 +242,11 @@ impl TunIo for TunQueue {
 }
 
 /// The device is gone (deleted, or the fd is bad): nothing more can be done here.
+/// (EIO is a device that is down: the packet is lost, as on any down link, and the
+/// queue works again when it comes up.)
 fn is_fatal(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc::EBADFD | libc::EBADF | libc::ENODEV | libc::EIO)
+        Some(libc::EBADFD | libc::EBADF | libc::ENODEV)
     )
 }

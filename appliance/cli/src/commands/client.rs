@@ -10,7 +10,7 @@ use super::{count, open, publish, table};
 use crate::cli::{ClientCmd, ConfigOutputs};
 use crate::model::{ClientFile, Network, Status};
 use crate::qr;
-use crate::state::{self, StateDir};
+use crate::state::{self, Batch, StateDir};
 use anyhow::{bail, Context, Result};
 use cloudpipe_core::client_config::{self, ClientConfig, Membership};
 use cloudpipe_core::config::{check_name, Config};
@@ -255,17 +255,18 @@ fn add(
         all.sort_by(|a, b| a.0.name().cmp(b.0.name()));
         outputs.render(tunnel(&all)?.render())?
     };
-    for (k, (i, c)) in new.iter().enumerate() {
-        if let Err(e) = nets[*i].save_client(c) {
-            for (i, c) in &new[..k] {
-                let _ = nets[*i].remove_client_file(&c.name);
-            }
-            return Err(e);
-        }
-    }
+    // Every network's new record and printed property keys, all kept or none (a
+    // full disk changes nothing).
+    let mut b = Batch::new();
     for (i, c) in &new {
+        nets[*i].save_client(&mut b, c)?;
         nets[*i].clients.push(c.clone());
     }
+    let mut hints = Vec::new();
+    for (i, _) in &new {
+        hints.extend(publish::hint(&nets[*i], &mut b)?);
+    }
+    b.commit()?;
     let all = records(&nets, name, &public);
 
     let first = &new[0].1;
@@ -305,9 +306,7 @@ fn add(
             client_config::suggested_interface_name(&networks)
         );
     }
-    for (i, _) in &new {
-        publish::hint(&nets[*i])?;
-    }
+    hints.iter().for_each(|l| eprintln!("{l}"));
     Ok(())
 }
 
@@ -403,12 +402,15 @@ fn revoke(state: &StateDir, network: &str, name: &str) -> Result<()> {
     c.status = Status::Revoked {
         released: !may_be_running,
     };
-    net.save_client(&c)?;
+    let mut b = Batch::new();
+    net.save_client(&mut b, &c)?;
     if let Some(slot) = net.clients.iter_mut().find(|x| x.name == name) {
         *slot = c.clone();
     }
+    let hint = publish::hint(&net, &mut b)?;
+    b.commit()?;
     eprintln!("revoked client {name} in network {network}");
-    publish::hint(&net)?;
+    hint.iter().for_each(|l| eprintln!("{l}"));
     drop(net);
     // The same client elsewhere is untouched. Each network is locked in turn, with
     // this one's lock released: a command never holds one lock while it waits for

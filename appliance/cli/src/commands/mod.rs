@@ -72,6 +72,20 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> Result<String> {
         .collect())
 }
 
+/// Return the addresses of revoked clients that still hold theirs (their
+/// revocation has now reached the appliance); the indices of those changed.
+fn release_revoked(net: &mut Network) -> Vec<usize> {
+    use crate::model::Status;
+    let mut changed = Vec::new();
+    for (i, c) in net.clients.iter_mut().enumerate() {
+        if c.status == (Status::Revoked { released: false }) {
+            c.status = Status::Revoked { released: true };
+            changed.push(i);
+        }
+    }
+    changed
+}
+
 /// The server name the `openstack` command gives the appliance.
 fn server_name(network: &str) -> String {
     format!("cloudpipe-{network}")

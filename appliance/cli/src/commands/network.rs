@@ -413,14 +413,19 @@ fn create(state: &StateDir, name: &str, o: &NetworkOptions, origin: Origin) -> R
     if dir.join("network.json").exists() {
         bail!("network {name:?} already exists");
     }
-    let _lock = state::lock_new_network(&dir)?;
-    state::write_atomic(
-        &server_key_path(&dir),
-        format!("{}\n", key.to_base64()).as_bytes(),
-        0o600,
-    )?;
-    // network.json is written last: it is what makes the network exist.
-    state::write_json(&dir.join("network.json"), &file, 0o600)?;
+    // All its files or none: a full disk or a crash never leaves half a network
+    // (a folder with a private key and no network.json).
+    state::create_dir_atomic(&dir, |staging| {
+        let mut b = state::Batch::new();
+        b.write(
+            &server_key_path(staging),
+            format!("{}\n", key.to_base64()).as_bytes(),
+            0o600,
+        )?;
+        b.write_json(&staging.join("network.json"), &file, 0o600)?;
+        b.commit()?;
+        state::create_dir(&staging.join("clients"))
+    })?;
     eprintln!(
         "created network {name}: {} gateway {gateway}, appliance {address}, pool {}-{} ({})",
         file.cidr,

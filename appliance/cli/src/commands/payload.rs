@@ -1,9 +1,8 @@
 //! `cloudpipe payload NETWORK` and `cloudpipe payload inspect FILE`.
 
-use super::{count, open, read_payload};
+use super::{count, open, read_payload, release_revoked};
 use crate::cli::{PayloadArgs, PayloadCmd};
-use crate::model::Status;
-use crate::state::{self, StateDir};
+use crate::state::{Batch, StateDir};
 use anyhow::{bail, Context, Result};
 use cloudpipe_core::config::{Config, ConfigFile, Peer};
 use cloudpipe_core::payload::{self, Encoding, Payload, PayloadError, MAX_USER_DATA};
@@ -36,30 +35,28 @@ pub fn run(state: &StateDir, args: PayloadArgs) -> Result<()> {
     if args.encoding == Encoding::Zip && args.output.is_none() && std::io::stdout().is_terminal() {
         bail!("the zip encoding is binary: use --output FILE");
     }
-    match &args.output {
-        Some(path) => state::write_atomic(path, &bytes, 0o600)?,
-        None => {
-            // Flushed here, so that a payload that did not get out is not recorded
-            // as the baseline below.
-            let mut out = std::io::stdout().lock();
-            out.write_all(&bytes)
-                .and_then(|()| out.flush())
-                .context("writing the payload to standard output")?;
-        }
-    }
     // The appliance booted from this payload knows exactly these clients; revoked
     // ones it does not know hold no address any more, and its properties start empty.
-    net.set_baseline(&peers)?;
-    net.set_published_properties(&Default::default())?;
-    net.set_printed_keys(&Default::default())?;
-    for c in net.clients.iter_mut() {
-        if c.status == (Status::Revoked { released: false }) {
-            c.status = Status::Revoked { released: true };
-        }
+    // Recorded with the payload's file, or once the payload is out on standard
+    // output: all of it or nothing.
+    let mut b = Batch::new();
+    if let Some(path) = &args.output {
+        b.write(path, &bytes, 0o600)?;
     }
-    for c in &net.clients {
-        net.save_client(c)?;
+    net.set_baseline(&mut b, &peers)?;
+    net.set_published_properties(&mut b, &Default::default())?;
+    net.set_printed_keys(&mut b, &Default::default())?;
+    for i in release_revoked(&mut net) {
+        net.save_client(&mut b, &net.clients[i])?;
     }
+    if args.output.is_none() {
+        // Flushed here, so that a payload that did not get out is not recorded.
+        let mut out = std::io::stdout().lock();
+        out.write_all(&bytes)
+            .and_then(|()| out.flush())
+            .context("writing the payload to standard output")?;
+    }
+    b.commit()?;
     eprintln!(
         "payload for {network}: {}, {} bytes as Nova user-data (limit {MAX_USER_DATA}); launching with it makes these clients the appliance's baseline",
         count(peers.len(), "client", "clients"),

@@ -7,10 +7,10 @@
 //! run without confirming. A key in either that is no longer wanted is unset, so a
 //! revoked client never survives on the appliance through a half-confirmed publish.
 
-use super::{count, open, server_name, sh};
+use super::{count, open, release_revoked, server_name, sh};
 use crate::cli::PublishArgs;
-use crate::model::{Network, Status};
-use crate::state::StateDir;
+use crate::model::Network;
+use crate::state::{Batch, StateDir};
 use anyhow::Result;
 use cloudpipe_core::overlay::{property_changes, KEY_PREFIX};
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,21 +23,17 @@ pub fn run(state: &StateDir, args: PublishArgs) -> Result<()> {
         return Ok(());
     }
     if args.done {
-        net.set_published_properties(&desired)?;
-        net.set_printed_keys(&BTreeSet::new())?;
-        let mut released = 0;
-        for c in net.clients.iter_mut() {
-            if c.status == (Status::Revoked { released: false }) {
-                c.status = Status::Revoked { released: true };
-                released += 1;
-            }
+        let mut b = Batch::new();
+        net.set_published_properties(&mut b, &desired)?;
+        net.set_printed_keys(&mut b, &BTreeSet::new())?;
+        let released = release_revoked(&mut net);
+        for &i in &released {
+            net.save_client(&mut b, &net.clients[i])?;
         }
-        for c in &net.clients {
-            net.save_client(c)?;
-        }
+        b.commit()?;
         eprintln!(
             "recorded as published; {} returned to the pool",
-            count(released, "revoked address", "revoked addresses")
+            count(released.len(), "revoked address", "revoked addresses")
         );
         return Ok(());
     }
@@ -50,7 +46,9 @@ pub fn run(state: &StateDir, args: PublishArgs) -> Result<()> {
         );
         return Ok(());
     }
-    let commands = record_commands(&net)?;
+    let mut b = Batch::new();
+    let commands = record_commands(&net, &net.desired_properties()?, &mut b)?;
+    b.commit()?;
     if commands.is_empty() {
         eprintln!("nothing to publish: the instance's properties are up to date");
     } else {
@@ -65,22 +63,22 @@ pub fn run(state: &StateDir, args: PublishArgs) -> Result<()> {
     Ok(())
 }
 
-/// The commands that bring the instance from what may be on it to what the clients
-/// now are, recording the keys they set as possibly published.
-fn record_commands(net: &Network) -> Result<Vec<String>> {
-    let desired = net.desired_properties()?;
+/// The commands that bring the instance from what may be on it to `desired` (the
+/// network's [`Network::desired_properties`]), recording in `b` the keys they set
+/// as possibly published.
+fn record_commands(
+    net: &Network,
+    desired: &BTreeMap<String, String>,
+    b: &mut Batch,
+) -> Result<Vec<String>> {
     let mut printed = net.printed_keys()?;
-    let cmds = commands(
-        &server_name(net.name()),
-        &net.published_properties()?,
-        &printed,
-        &desired,
-    );
-    let (set, _) = property_changes(&net.published_properties()?, &desired);
+    let published = net.published_properties()?;
+    let cmds = commands(&server_name(net.name()), &published, &printed, desired);
+    let (set, _) = property_changes(&published, desired);
     let before = printed.len();
     printed.extend(set.into_iter().map(|(k, _)| k));
     if printed.len() != before {
-        net.set_printed_keys(&printed)?;
+        net.set_printed_keys(b, &printed)?;
     }
     Ok(cmds)
 }
@@ -134,36 +132,39 @@ pub fn commands(
     out
 }
 
-/// After a client change: tell the operator how to publish it, if an appliance may
-/// be running (a payload was printed).
-pub fn hint(net: &Network) -> Result<()> {
+/// After a client change (already in `net`, staged in `b`): the lines that tell
+/// the operator how to publish it, if an appliance may be running (a payload was
+/// printed); the keys they set are recorded in `b`. Print them once `b` is
+/// committed.
+pub fn hint(net: &Network, b: &mut Batch) -> Result<Vec<String>> {
     if net.baseline()?.is_none() {
-        return Ok(());
+        return Ok(Vec::new());
     }
-    // The change itself is stored already: a change that cannot be published (too
+    // The change itself is stored anyway: a change that cannot be published (too
     // many properties) is a warning here, and an error from `cloudpipe publish`.
-    let cmds = match record_commands(net) {
-        Ok(cmds) => cmds,
+    let desired = match net.desired_properties() {
+        Ok(d) => d,
         Err(e) => {
-            eprintln!("warning: the running appliance cannot get this change as properties: {e:#}");
-            return Ok(());
+            return Ok(vec![format!(
+                "warning: the running appliance cannot get this change as properties: {e:#}"
+            )])
         }
     };
+    let cmds = record_commands(net, &desired, b)?;
+    let mut lines = Vec::new();
     if cmds.is_empty() {
-        eprintln!(
+        lines.push(format!(
             "nothing to publish; run `cloudpipe publish {} --done` to return revoked addresses to the pool",
             net.name()
-        );
+        ));
     } else {
-        eprintln!(
+        lines.push(format!(
             "publish this change to the running appliance, then run `cloudpipe publish {} --done`:",
             net.name()
-        );
-        for c in cmds {
-            eprintln!("  {c}");
-        }
+        ));
+        lines.extend(cmds.into_iter().map(|c| format!("  {c}")));
     }
-    Ok(())
+    Ok(lines)
 }
 
 #[cfg(test)]

@@ -82,6 +82,26 @@ fn boot_yields_every_peer_and_its_proxy_entry() {
 }
 
 #[test]
+fn host_entries_are_what_the_diffs_added_so_far() {
+    let c = config(Mode::ProxyArp);
+    let (mut r, boot) = Reconciler::new(&c, c.peers.clone());
+    assert_eq!(r.host_entries(), boot.host);
+    let d = r.control(&wg_set(vec![with_ips(
+        key(9),
+        false,
+        &["10.0.0.252/32", "192.168.7.0/24"],
+    )]));
+    assert_eq!(d.host.add_routes.len(), 1);
+    let all = r.host_entries();
+    assert_eq!(
+        all.add_proxies,
+        vec![ip("10.0.0.250"), ip("10.0.0.251"), ip("10.0.0.252")]
+    );
+    assert_eq!(all.add_routes, d.host.add_routes);
+    assert!(all.remove_proxies.is_empty() && all.remove_routes.is_empty());
+}
+
+#[test]
 fn masquerade_has_no_proxy_entries() {
     let c = config(Mode::Masquerade);
     let (mut r, d) = Reconciler::new(&c, c.peers.clone());

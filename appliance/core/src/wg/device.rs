@@ -32,8 +32,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// Handshake messages per second, across all peers, above which initiations are
 /// answered with cookie replies (whitepaper 5.4.7). wireguard-go uses the same order
-/// of magnitude. Each initiation is counted twice (once here, once inside the
-/// peer's `Tunn`, which shares the limiter), so the effective limit is half.
+/// of magnitude. Each message is counted once, by the worker that receives it
+/// (a peer's `Tunn` gets a limiter that is never under load: see
+/// [`Identity::sessions`]).
 pub const HANDSHAKE_RATE_LIMIT: u64 = 100;
 /// ICMP unreachable answers per second: a flood to unassigned addresses must not
 /// turn into a flood of answers.
@@ -169,7 +170,7 @@ impl Peer {
             Some(t) if !current => t.set_static_private(
                 identity.secret.clone(),
                 identity.public,
-                Some(identity.rate_limiter.clone()),
+                Some(identity.sessions.clone()),
             ),
             Some(_) => {}
             None => {
@@ -205,6 +206,13 @@ struct Identity {
     secret: x25519::StaticSecret,
     public: x25519::PublicKey,
     rate_limiter: Arc<RateLimiter>,
+    /// The limiter the peers' `Tunn`s check again with: a message reaches a
+    /// `Tunn` only after the worker's check against `rate_limiter` passed, so this
+    /// one is never under load. Were it the shared one, the second count of one
+    /// message could cross the limit and `Tunn` would answer with a cookie reply,
+    /// after its sender had been taken for a peer: an unauthenticated message
+    /// (a replayed initiation) would then move that peer's endpoint.
+    sessions: Arc<RateLimiter>,
 }
 
 impl Identity {
@@ -213,6 +221,7 @@ impl Identity {
         let public = x25519::PublicKey::from(&secret);
         Arc::new(Identity {
             rate_limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
+            sessions: Arc::new(RateLimiter::new(&public, u64::MAX)),
             private_key,
             secret,
             public,
@@ -232,7 +241,7 @@ impl Identity {
             // never restarts the peer's session.
             None,
             index,
-            Some(self.rate_limiter.clone()),
+            Some(self.sessions.clone()),
         )
     }
 }
@@ -489,7 +498,7 @@ impl Edit<'_> {
                 t.set_static_private(
                     identity.secret.clone(),
                     identity.public,
-                    Some(identity.rate_limiter.clone()),
+                    Some(identity.sessions.clone()),
                 );
                 st.made_by = Some(identity.clone());
             }

@@ -237,6 +237,61 @@ fn roaming_follows_the_latest_authenticated_packet() {
     );
 }
 
+/// A captured initiation of alice's, replayed from elsewhere just as the handshake
+/// limit fills up, must not move her endpoint: only an authenticated message does.
+/// (The limiter is shared; when the worker's check and the session's own check of
+/// one message counted separately, the second could be "under load" and answer
+/// with a cookie reply, which was taken for an authenticated handshake response.)
+#[test]
+fn a_replayed_initiation_at_the_rate_limit_does_not_move_the_endpoint() {
+    let (c, dev, mut w, mut alice, _) = setup(false);
+    // Alice's handshake, as an eavesdropper records it.
+    let captured = alice.init();
+    let out = send(&mut w, alice.addr, &captured);
+    assert_eq!(out.net.len(), 1);
+    let TunnResult::WriteToNetwork(k) = alice.tunn.decapsulate(None, &out.net[0].1, &mut alice.buf)
+    else {
+        panic!("alice's handshake did not complete");
+    };
+    let keepalive = k.to_vec();
+    send(&mut w, alice.addr, &keepalive);
+    let attacker: SocketAddr = "198.51.100.66:666".parse().unwrap();
+    let spub = c.private_key.public_key();
+    // A new second of the limiter; then fill it to one below the limit with
+    // initiations from keys nobody configured (each checked once).
+    dev.reset_rate_limits();
+    std::thread::sleep(Duration::from_millis(1100));
+    dev.reset_rate_limits();
+    for i in 0..device::HANDSHAKE_RATE_LIMIT - 1 {
+        let mut junk = Client::new(spub, 100 + (i % 100) as u8, None, "198.51.100.1:1");
+        send(&mut w, junk.addr, &junk.init());
+    }
+    let out = send(&mut w, attacker, &captured);
+    for (to, d) in &out.net {
+        assert_eq!(*to, attacker);
+        assert_ne!(
+            d[0], 2,
+            "a replayed initiation was answered with a handshake response"
+        );
+    }
+    let endpoint = dev
+        .peers(SystemTime::now())
+        .into_iter()
+        .find(|p| p.public_key == key(2))
+        .unwrap()
+        .endpoint;
+    assert_eq!(
+        endpoint,
+        Some(alice.addr),
+        "the endpoint moved to the attacker"
+    );
+    assert_eq!(
+        dev.stats().handshake_responses,
+        1,
+        "only alice's real handshake"
+    );
+}
+
 #[test]
 fn client_to_client_follows_policy() {
     for c2c in [false, true] {

@@ -12,7 +12,7 @@ use cloudpipe_core::reconcile::Diff;
 use cloudpipe_core::wg::{Device, PeerChanges};
 use cloudpipe_net::tun::{TunOptions, TunQueue};
 use cloudpipe_net::udp::UdpQueue;
-use cloudpipe_net::Tunnel;
+use cloudpipe_net::{Tunnel, TunnelError};
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -97,6 +97,10 @@ struct Inner {
     names: Mutex<HashMap<PublicKey, String>>,
 }
 
+/// How the data path's task ends: `Ok` when its handle was dropped, else why the
+/// workers stopped.
+pub type TunnelTask = JoinHandle<Result<(), TunnelError>>;
+
 /// A handle to the running data path. Dropping it stops the workers.
 pub struct TunnelHandle {
     inner: Arc<Inner>,
@@ -144,6 +148,25 @@ impl TunnelHandle {
     pub fn status(&self) -> Vec<PeerStatus> {
         status(&self.inner)
     }
+
+    /// Start the workers again on new TUN queues, after the old ones failed (the
+    /// device was deleted): the same device, so every session, counter and
+    /// setting is kept, and the same UDP sockets.
+    pub fn restart(&mut self, tun: Vec<TunQueue>) -> anyhow::Result<TunnelTask> {
+        let udp = self
+            .udp
+            .iter()
+            .map(UdpQueue::try_clone)
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let names = lock(&self.inner.names).clone();
+        let tunnel = Tunnel::start(self.device().clone(), udp, tun)?;
+        info!(threads = tunnel.threads(), "tunnel restarted");
+        self.inner = Arc::new(Inner {
+            tunnel,
+            names: Mutex::new(names),
+        });
+        Ok(watch(self.inner.clone()))
+    }
 }
 
 /// A peer's name, or the first 8 characters of its key (as `wg` users recognise a
@@ -188,7 +211,7 @@ pub fn spawn(
     boot: &Diff,
     names: HashMap<PublicKey, String>,
     queues: Queues,
-) -> anyhow::Result<(TunnelHandle, JoinHandle<anyhow::Result<()>>)> {
+) -> anyhow::Result<(TunnelHandle, TunnelTask)> {
     let device = Arc::new(Device::new(
         config.device_config(),
         Vec::new(),
@@ -210,8 +233,13 @@ pub fn spawn(
         tunnel,
         names: Mutex::new(names),
     });
-    let watched = inner.clone();
-    let task = tokio::spawn(async move {
+    let task = watch(inner.clone());
+    Ok((TunnelHandle { inner, udp }, task))
+}
+
+/// The task that logs newly connected peers and ends with the workers.
+fn watch(watched: Arc<Inner>) -> TunnelTask {
+    tokio::spawn(async move {
         let mut connected: HashSet<PublicKey> = HashSet::new();
         let mut tick = tokio::time::interval(CONNECTED_CHECK);
         let waiter = watched.clone();
@@ -235,15 +263,14 @@ pub fn spawn(
                     );
                     return match r {
                         Ok(None) => { info!("tunnel stopping"); Ok(()) }
-                        Ok(Some(e)) => Err(anyhow::anyhow!("{e}")),
-                        Err(e) => Err(anyhow::anyhow!("tunnel watcher: {e}")),
+                        Ok(Some(e)) => Err(e),
+                        Err(e) => Err(TunnelError::Panic(format!("tunnel watcher: {e}"))),
                     };
                 }
                 _ = tick.tick() => log_handshakes(&watched, &mut connected),
             }
         }
-    });
-    Ok((TunnelHandle { inner, udp }, task))
+    })
 }
 
 /// One INFO line when a peer's first handshake completes; endpoints only at DEBUG.

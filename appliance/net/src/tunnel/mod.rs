@@ -46,6 +46,17 @@ pub enum TunnelError {
     Panic(String),
 }
 
+impl TunnelError {
+    /// The TUN side's error, saying so when the device is gone.
+    fn tun(e: &io::Error) -> TunnelError {
+        TunnelError::Tun(match e.raw_os_error() {
+            // A queue whose device was deleted (drivers/net/tun.c).
+            Some(libc::EBADFD) => format!("the device was deleted ({e})"),
+            _ => e.to_string(),
+        })
+    }
+}
+
 #[derive(Default)]
 struct Exit {
     error: Mutex<Option<TunnelError>>,
@@ -56,7 +67,9 @@ impl Exit {
     fn fail(&self, e: TunnelError, stop: &Stop) {
         let mut err = self.error.lock().unwrap_or_else(|e| e.into_inner());
         if err.is_none() {
-            tracing::error!(error = %e, "tunnel stopping");
+            // Whoever runs the tunnel decides whether this is the end (the
+            // daemon recreates a deleted TUN device).
+            tracing::warn!(error = %e, "tunnel stopping");
             *err = Some(e);
         }
         stop.raise();
@@ -249,7 +262,7 @@ impl<U: UdpIo, T: TunIo> Ctx<U, T> {
             match self.tun.recv(&mut packets, &self.stop) {
                 Ok(true) => {}
                 Ok(false) => return,
-                Err(e) => return self.exit.fail(TunnelError::Tun(e.to_string()), &self.stop),
+                Err(e) => return self.exit.fail(TunnelError::tun(&e), &self.stop),
             }
             net.set_max_segments(self.udp.max_segments());
             let now = Instant::now();
@@ -274,7 +287,7 @@ impl<U: UdpIo, T: TunIo> Ctx<U, T> {
                     .send(net, &self.stop)
                     .map_err(|e| TunnelError::Udp(e.to_string()))
             }
-            Err(e) => Err(TunnelError::Tun(e.to_string())),
+            Err(e) => Err(TunnelError::tun(&e)),
         };
         tun.clear();
         net.clear();
