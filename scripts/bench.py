@@ -48,6 +48,12 @@ TENANT_VM = None
 CLIENT_ADDR = "10.77.0.240"  # alice in tests/src/payloads.rs
 SUBNET = "10.77.0.0/24"
 OVPN_NET = ("10.8.0.1", "10.8.0.2")
+OVPN_NET_CIDR = "10.8.0.0/24"
+# The lab's outside network (tests/src/lib.rs), the source of the bare path.
+OUTSIDE_CIDR = "203.0.113.0/24"
+# Who cloudpiped serves as after set-up, as in the lab's tests (tests/src/lib.rs
+# DAEMON_USER): the unprivileged serving phase the image's unit runs, measured.
+DAEMON_USER = "4001194:4001194"
 # The lab network's MTU less WireGuard's 80 (set by Lab.__init__).
 MTU = None
 TESTS = ["tcp_up", "tcp_down", "tcp_4", "udp_64"]
@@ -112,7 +118,12 @@ class Lab:
             # OpenVPN's clients (10.8.0.0/24) leave the appliance's port with their
             # own sources: Neutron's port security must allow them.
             subprocess.run([LAB, "up", "--keep", "--dhcp", "--metadata", "--payload",
-                            "--allow", "10.8.0.0/24"], stdout=f,
+                            "--allow", OVPN_NET_CIDR,
+                            # The tenant VM's security group admits its own network
+                            # only: OpenVPN's (routed, as Nova's cloudpipe was) and
+                            # the outside's, for the path with no VPN, are opened
+                            # as an operator of either would.
+                            "--vm-allow", OVPN_NET_CIDR, "--vm-allow", OUTSIDE_CIDR], stdout=f,
                            stderr=subprocess.DEVNULL, check=True)
             f.seek(0)
             out = f.read()
@@ -231,7 +242,8 @@ def start_server(lab, kind, keys):
         lab.extra_peers_s = add_peers(lab, EXTRA_PEERS)
         return p
     if kind == "cloudpiped":
-        p = lab.spawn(ns, [CLOUDPIPED, "--config-drive", "none", "--poll-interval", "0"],
+        p = lab.spawn(ns, [CLOUDPIPED, "--user", DAEMON_USER, "--config-drive", "none",
+                            "--poll-interval", "0"],
                       env={"CLOUDPIPED_LOG": os.environ.get("CLOUDPIPED_LOG", "warn")}, name="cloudpiped")
         wait_for("cloudpiped's TUN device",
                  lambda: sh("ip", "-n", ns, "link", "show", "cloudpipe0", check=False) != "" or p.poll() is not None)

@@ -659,6 +659,21 @@ impl Lab {
         self.sync()
     }
 
+    /// Admit everything from `remote` into the tenant VMs (an ingress rule, any
+    /// protocol, on their security group, as `openstack security group rule create
+    /// --remote-ip CIDR` does) and sync. The group admits only the tenant networks
+    /// until then, as Neutron's default group admits only its own members.
+    pub fn allow_vm_ingress(&self, remote: Ipv4Network) -> anyhow::Result<()> {
+        let c = self.cloud();
+        c.tenant.member.post(
+            "/v2.0/security-group-rules",
+            json!({"security_group_rule": {"security_group_id": c.vm_group_id,
+                   "direction": "ingress", "ethertype": "IPv4",
+                   "remote_ip_prefix": remote.to_string()}}),
+        )?;
+        self.sync()
+    }
+
     /// Add an ingress rule to the project's security group `group` (as `openstack
     /// security group rule create` does) and sync.
     pub fn add_ingress_rule(

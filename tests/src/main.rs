@@ -2,11 +2,14 @@
 //!
 //! ```text
 //! cloudpipe-lab up [--keep] [--dhcp] [--metadata] [--payload] [--mtu N] [--appliance-tap]
-//!                  [--allow CIDR]...
+//!                  [--allow CIDR]... [--vm-allow CIDR]...
 //!                                                   build a lab, print its namespaces
 //!                                                   and addresses (--appliance-tap: the
 //!                                                   appliance is a VM on a tap, see
-//!                                                   LabOptions::appliance_tap)
+//!                                                   LabOptions::appliance_tap; --allow:
+//!                                                   an address pair on the appliance's
+//!                                                   port; --vm-allow: a source the
+//!                                                   tenant VMs' security group admits)
 //! cloudpipe-lab down [ID]                           delete kept labs (all dead ones, or ID)
 //! cloudpipe-lab exec ROLE CMD...                    run CMD in the last kept lab's ROLE
 //! cloudpipe-lab payload [--masquerade] [--zip|--json] print the lab network's payload
@@ -46,7 +49,7 @@ fn main() -> ExitCode {
         }
         Some("flood") => flood(&args[1..]),
         _ => {
-            eprintln!("usage: cloudpipe-lab up [--keep] [--dhcp] [--metadata] [--payload] [--mtu N] [--appliance-tap] [--allow CIDR]... | down [ID] | exec ROLE CMD... | payload [--masquerade] [--zip|--json] | metadata-server --dir D --listen ADDR:PORT | demo | flood --kind initiation|garbage|unknown-index|replay|bad-mac --target ADDR:PORT ...");
+            eprintln!("usage: cloudpipe-lab up [--keep] [--dhcp] [--metadata] [--payload] [--mtu N] [--appliance-tap] [--allow CIDR]... [--vm-allow CIDR]... | down [ID] | exec ROLE CMD... | payload [--masquerade] [--zip|--json] | metadata-server --dir D --listen ADDR:PORT | demo | flood --kind initiation|garbage|unknown-index|replay|bad-mac --target ADDR:PORT ...");
             return ExitCode::from(2);
         }
     };
@@ -146,6 +149,17 @@ fn up(args: &[String]) -> anyhow::Result<ExitCode> {
                 .parse()
                 .map_err(|e| anyhow::anyhow!("--allow {cidr}: {e}"))?;
             lab.allow_address_pair(0, cidr)?;
+        }
+        // More sources the tenant VMs admit (the bench's OpenVPN network and its
+        // path with no VPN at all).
+        if a == "--vm-allow" {
+            let cidr = args
+                .get(i + 1)
+                .ok_or_else(|| anyhow::anyhow!("--vm-allow needs a CIDR"))?;
+            let cidr = cidr
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--vm-allow {cidr}: {e}"))?;
+            lab.allow_vm_ingress(cidr)?;
         }
     }
     if args.iter().any(|a| a == "--payload") {
