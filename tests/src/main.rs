@@ -10,7 +10,8 @@
 //!                                                   an address pair on the appliance's
 //!                                                   port; --vm-allow: a source the
 //!                                                   tenant VMs' security group admits)
-//! cloudpipe-lab down [ID]                           delete kept labs (all dead ones, or ID)
+//! cloudpipe-lab down [ID | --creator PID]          delete kept labs (all whose creator is
+//!                                                   gone, or ID, or those PID made)
 //! cloudpipe-lab exec ROLE CMD...                    run CMD in the last kept lab's ROLE
 //! cloudpipe-lab payload [--masquerade] [--zip|--json] print the lab network's payload
 //! cloudpipe-lab metadata-server --dir D --listen ADDR:PORT
@@ -32,7 +33,15 @@ fn main() -> ExitCode {
     let r = match args.first().map(String::as_str) {
         Some("metadata-server") => metadata(&args[1..]),
         Some("up") => up(&args[1..]),
-        Some("down") => down(args.get(1).map(String::as_str)),
+        Some("down") => match (args.get(1).map(String::as_str), args.get(2)) {
+            (Some("--creator"), Some(pid)) => match pid.parse::<i32>() {
+                Ok(pid) => down(Select::Creator(pid)),
+                Err(_) => Err(anyhow::anyhow!("--creator needs a process id, got {pid:?}")),
+            },
+            (Some("--creator"), None) => Err(anyhow::anyhow!("--creator needs a process id")),
+            (Some(id), _) => down(Select::Id(id)),
+            (None, _) => down(Select::Dead),
+        },
         Some("exec") => exec(&args[1..]),
         Some("payload") => payload(&args[1..]),
         Some("demo") => {
@@ -242,12 +251,25 @@ fn creator(id: &str) -> Option<i32> {
     pid.parse().ok()
 }
 
-fn down(only: Option<&str>) -> anyhow::Result<ExitCode> {
-    let selected = |id: &str| match (only, creator(id)) {
-        (Some(o), _) => o == id,
+/// Which labs `down` deletes.
+enum Select<'a> {
+    /// Every lab whose creating process is gone (kept labs included: their
+    /// creator, `cloudpipe-lab up --keep`, has exited).
+    Dead,
+    /// The lab with this id.
+    Id(&'a str),
+    /// The labs this process made (what a script's trap cleans up, leaving other
+    /// people's kept labs alone).
+    Creator(i32),
+}
+
+fn down(only: Select) -> anyhow::Result<ExitCode> {
+    let selected = |id: &str| match (&only, creator(id)) {
+        (Select::Id(o), _) => *o == id,
+        (Select::Creator(c), Some(pid)) => *c == pid,
         // SAFETY: kill with signal 0 only checks for existence.
-        (None, Some(pid)) => (unsafe { libc::kill(pid, 0) }) != 0,
-        (None, None) => false,
+        (Select::Dead, Some(pid)) => (unsafe { libc::kill(pid, 0) }) != 0,
+        (_, None) => false,
     };
     let list = String::from_utf8(Command::new("ip").args(["netns", "list"]).output()?.stdout)?;
     let mut removed = 0;
