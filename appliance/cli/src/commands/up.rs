@@ -57,8 +57,31 @@ fn load(path: &Path) -> Result<Loaded> {
     Ok(Loaded { name, conf })
 }
 
+/// `RUN_DIR/NAME@NETNS.pid`: interface names are per network namespace, so the
+/// file is too (NETNS: the inode of this process's `/proc/self/ns/net`). It holds
+/// `PID STARTTIME` (`/proc/PID/stat` field 22, clock ticks since boot), so that a
+/// stale file whose PID was taken by another process is never believed.
 fn pid_file(name: &str) -> PathBuf {
-    Path::new(RUN_DIR).join(format!("{name}.pid"))
+    use std::os::unix::fs::MetadataExt;
+    let netns = std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino());
+    Path::new(RUN_DIR).join(format!("{name}@{netns}.pid"))
+}
+
+/// Field 22 of `/proc/PID/stat` (starttime); `None` when no such process.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The `cloudpipe up` process a PID file names, if that very process still runs.
+fn running_up(pid_path: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(pid_path).ok()?;
+    let mut words = text.split_whitespace();
+    let pid: i32 = words.next()?.parse().ok()?;
+    let started: u64 = words.next()?.parse().ok()?;
+    (start_time(pid) == Some(started)).then_some(pid)
 }
 
 /// Resolve each peer's endpoint (IPv4 preferred, as the UDP socket is IPv4 unless
@@ -242,7 +265,9 @@ pub fn up(args: UpArgs) -> Result<()> {
         set_dns(&conf, &name);
         std::fs::create_dir_all(RUN_DIR).ok();
         let pid = pid_file(&name);
-        std::fs::write(&pid, format!("{}\n", std::process::id()))
+        let me = std::process::id();
+        let started = start_time(me as i32).context("reading /proc/self/stat")?;
+        std::fs::write(&pid, format!("{me} {started}\n"))
             .with_context(|| format!("writing {}", pid.display()))?;
         if let Err(e) = run_hooks(&conf, Hook::PostUp, &name) {
             eprintln!("warning: {e:#}");
@@ -291,11 +316,8 @@ async fn wait(tunnel: &Arc<Tunnel>) -> Result<()> {
 pub fn down(args: DownArgs) -> Result<()> {
     let Loaded { name, .. } = load(&args.config)?;
     let pid_path = pid_file(&name);
-    let pid = std::fs::read_to_string(&pid_path)
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok());
     let alive = |p: i32| nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok();
-    if let Some(p) = pid.filter(|p| alive(*p)) {
+    if let Some(p) = running_up(&pid_path) {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(p),
             nix::sys::signal::Signal::SIGTERM,
@@ -342,6 +364,24 @@ fn random_u32() -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pid_file_is_believed_only_for_the_process_that_wrote_it() {
+        let dir = std::env::temp_dir().join(format!("cp-up-pid-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t@1.pid");
+        let me = std::process::id() as i32;
+        let started = start_time(me).expect("our own /proc/self/stat");
+        std::fs::write(&path, format!("{me} {started}\n")).unwrap();
+        assert_eq!(running_up(&path), Some(me));
+        // The same PID started at another time (a stale file whose PID was reused).
+        std::fs::write(&path, format!("{me} {}\n", started + 1)).unwrap();
+        assert_eq!(running_up(&path), None);
+        // The old format (a bare PID) names no process for sure.
+        std::fs::write(&path, format!("{me}\n")).unwrap();
+        assert_eq!(running_up(&path), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     fn conf(allowed: &str, table: &str) -> WgQuick {
         wg_quick::parse(&format!(
