@@ -1714,6 +1714,15 @@ fn create_mistakes_are_named_with_the_fix() {
         e.contains("prefix length is missing") && e.contains("10.20.30.0/24"),
         "{e}"
     );
+    // Not a tenant subnet at all: the whole internet, multicast, loopback.
+    for cidr in ["0.0.0.0/0", "224.0.0.0/24", "127.0.0.0/8", "169.254.0.0/16"] {
+        let e = s.fails(&["network", "create", "n", "--cidr", cidr]);
+        assert!(e.contains("--cidr") || e.contains("cidr"), "{cidr}: {e}");
+        assert!(
+            e.contains("unicast") && e.contains("10.0.0.0/24"),
+            "{cidr}: {e}"
+        );
+    }
     let e = s.fails(&[
         "network",
         "create",
@@ -1842,7 +1851,7 @@ fn client_show_gives_the_credentials_again() {
     let qr = s.ok(&["client", "show", "net1", "alice", "--qr"]);
     assert!(qr.contains('█') && !qr.contains("PrivateKey"), "{qr}");
     let png = s.0.join("alice.png");
-    s.ok(&[
+    let out = s.ok(&[
         "client",
         "show",
         "net1",
@@ -1850,6 +1859,10 @@ fn client_show_gives_the_credentials_again() {
         "--qr-png",
         png.to_str().unwrap(),
     ]);
+    assert!(
+        !out.contains("PrivateKey"),
+        "--qr-png alone puts the config in the PNG, not on standard output: {out}"
+    );
     assert_eq!(scan_png(&std::fs::read(&png).unwrap()), conf);
     assert_eq!(mode(&png), 0o600);
     s.ok(&["client", "revoke", "net1", "alice"]);
@@ -2080,6 +2093,14 @@ fn a_key_made_on_the_device_never_reaches_the_cli() {
     s.create(&["--route", "192.168.50.0/24"]);
     let e = s.fails(&["client", "add", "net1", "dave", "--public-key", "not-a-key"]);
     assert!(e.contains("--public-key") && e.contains("wg pubkey"), "{e}");
+    // A well-formed key no handshake can use (all zeros: a low-order point).
+    let zero = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    let e = s.fails(&["client", "add", "net1", "dave", "--public-key", zero]);
+    assert!(e.contains("low-order") && e.contains("wg pubkey"), "{e}");
+    assert!(
+        s.ok(&["client", "list", "net1"]).lines().count() <= 1,
+        "dave was added"
+    );
     let e = s.fails(&[
         "client",
         "add",

@@ -284,6 +284,35 @@ pub fn parse_cidr(s: &str) -> Result<Ipv4Network, String> {
     Ok(net)
 }
 
+/// Address blocks a tenant subnet can never overlap: hosts there are not reachable
+/// neighbours on a Neutron network (IANA special-purpose registry, RFC 6890).
+const SPECIAL_BLOCKS: [([u8; 4], u8, &str); 5] = [
+    ([0, 0, 0, 0], 8, "\"this network\", RFC 1122"),
+    ([127, 0, 0, 0], 8, "loopback, RFC 1122"),
+    (
+        [169, 254, 0, 0],
+        16,
+        "link-local and the metadata service, RFC 3927",
+    ),
+    ([224, 0, 0, 0], 4, "multicast, RFC 5771"),
+    ([240, 0, 0, 0], 4, "reserved and broadcast, RFC 1112"),
+];
+
+/// A tenant subnet is a unicast range outside [`SPECIAL_BLOCKS`]; the error names
+/// the block it overlaps and what to use instead.
+pub fn check_unicast_subnet(subnet: Ipv4Network) -> Result<(), String> {
+    for (ip, prefix, what) in SPECIAL_BLOCKS {
+        let block = Ipv4Network::new(Ipv4Addr::from(ip), prefix).expect("valid block");
+        if block.contains(subnet.network()) || subnet.contains(block.network()) {
+            return Err(format!(
+                "{subnet} overlaps {block} ({what}): a tenant subnet is a unicast range, \
+                 such as the private 10.0.0.0/24 (RFC 1918)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl Config {
     /// The fixed addresses clients can never get: gateway and appliance.
     pub fn reserved(&self) -> [(Ipv4Addr, &'static str); 2] {
@@ -361,6 +390,17 @@ impl Config {
             if !names.insert(p.name.as_str()) {
                 return Err(err(f("name"), format!("duplicate name {:?}", p.name)));
             }
+            if p.public_key.is_low_order() {
+                return Err(err(
+                    f("public_key"),
+                    format!(
+                        "{} is a low-order Curve25519 point (all zeros is one): no handshake \
+                         can complete with it; use the key `wg pubkey` prints for the \
+                         client's private key",
+                        p.public_key
+                    ),
+                ));
+            }
             if p.public_key == server_pub {
                 return Err(err(f("public_key"), "is the server's own public key"));
             }
@@ -413,6 +453,7 @@ impl TryFrom<ConfigFile> for Config {
                 ),
             ));
         }
+        check_unicast_subnet(subnet).map_err(|r| err("cidr", r))?;
         let host = |n: u32| Ipv4Addr::from(u32::from(subnet.network()) + n);
         let in_subnet = |field: &str, a: Ipv4Addr| -> Result<Ipv4Addr, ConfigError> {
             if !subnet.contains(a) {
@@ -615,6 +656,39 @@ pub(crate) mod tests {
         let c = Config::try_from(f).unwrap();
         assert_eq!(c.status_port, Some(9100));
         assert_eq!(Config::try_from(c.to_file()).unwrap(), c);
+    }
+
+    #[test]
+    fn a_tenant_subnet_is_unicast() {
+        for (cidr, block) in [
+            ("0.0.0.0/0", "0.0.0.0/8"),
+            ("0.0.0.0/24", "0.0.0.0/8"),
+            ("127.0.0.0/24", "127.0.0.0/8"),
+            ("169.254.0.0/16", "169.254.0.0/16"),
+            ("224.0.0.0/24", "224.0.0.0/4"),
+            ("255.255.255.0/24", "240.0.0.0/4"),
+            ("128.0.0.0/1", "169.254.0.0/16"),
+        ] {
+            let mut f = sample_file();
+            f.cidr = cidr.into();
+            let e = rejected(f);
+            assert_eq!(e.field, "cidr", "{cidr}");
+            assert!(e.to_string().contains(block), "{cidr}: {e}");
+            assert!(e.to_string().contains("RFC 1918"), "{cidr}: {e}");
+        }
+        for cidr in [
+            "10.0.0.0/24",
+            "172.16.5.0/24",
+            "192.168.1.0/24",
+            "100.64.0.0/24",
+            "8.8.8.0/24",
+        ] {
+            assert_eq!(
+                check_unicast_subnet(cidr.parse().unwrap()),
+                Ok(()),
+                "{cidr}"
+            );
+        }
     }
 
     #[test]

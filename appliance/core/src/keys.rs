@@ -72,6 +72,17 @@ impl PublicKey {
     pub fn to_hex(&self) -> String {
         key_to_hex(&self.0)
     }
+
+    /// Whether this is a point of small order on Curve25519 (the all-zero key among
+    /// them): Diffie-Hellman with it gives the all-zero secret whatever the private
+    /// key, which WireGuard refuses (whitepaper section 5.4.2; RFC 7748 section 6.1
+    /// says to check), so no handshake with such a peer can ever complete. A clamped
+    /// scalar is a multiple of the cofactor 8, which sends exactly these points to 0.
+    pub fn is_low_order(&self) -> bool {
+        let mut scalar = [0x55u8; KEY_LEN];
+        scalar[0] &= 248;
+        x25519_dalek::x25519(scalar, self.0) == [0u8; KEY_LEN]
+    }
 }
 
 impl fmt::Display for PublicKey {
@@ -179,6 +190,26 @@ impl FromStr for PresharedKey {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn low_order_public_keys_are_recognised() {
+        // All zeros, one, and an order-8 point (RFC 7748 / libsodium's blocklist).
+        let zero = PublicKey::from_bytes([0; KEY_LEN]);
+        let mut one = [0u8; KEY_LEN];
+        one[0] = 1;
+        let order8 = PublicKey::from_bytes(
+            key_from_hex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")
+                .unwrap(),
+        );
+        for k in [zero, PublicKey::from_bytes(one), order8] {
+            assert!(k.is_low_order(), "{k}");
+        }
+        let mut rng = rand_core::OsRng;
+        for _ in 0..32 {
+            assert!(!PrivateKey::generate(&mut rng).public_key().is_low_order());
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -558,8 +558,10 @@ impl Outputs {
                 self.write(path, r.text.as_bytes())?;
                 eprintln!("wrote config to {} (mode 0600)", path.display());
             }
-            // With --qr the code replaces the text on standard output.
-            None if r.terminal.is_none() => stdout(&r.text)?,
+            // With --qr the code replaces the text on standard output; with --qr-png
+            // the PNG is the config asked for, and the text (with its private key)
+            // stays off the terminal.
+            None if r.terminal.is_none() && self.to.qr_png.is_none() => stdout(&r.text)?,
             None => {}
         }
         if let Some((code, width)) = &r.terminal {
