@@ -246,12 +246,26 @@ fn unbase64(b: &[u8]) -> Result<Vec<u8>, String> {
     STANDARD.decode(&compact).map_err(|e| e.to_string())
 }
 
+/// `cloudpipe.json`'s bytes as a config file; an error names the field it is in
+/// (`peers[3].address: invalid type ...`), not only a line and column.
+fn parse_config_json(json: &[u8]) -> Result<ConfigFile, PayloadError> {
+    let de = &mut serde_json::Deserializer::from_slice(json);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        PayloadError::Json(if path == "." {
+            inner.to_string()
+        } else {
+            format!("{path}: {inner}")
+        })
+    })
+}
+
 /// Decode user-data in any encoding (raw zip, one or two base64 layers).
 pub fn decode(input: &[u8]) -> Result<Payload, PayloadError> {
     Ok(match decode_members(input)? {
         Members::Cloudpipe(json) => {
-            let file: ConfigFile =
-                serde_json::from_slice(&json).map_err(|e| PayloadError::Json(e.to_string()))?;
+            let file = parse_config_json(&json)?;
             Payload::Cloudpipe(Box::new(Config::try_from(file)?))
         }
         Members::Nova(autorun) => Payload::Nova(parse_nova_autorun(&autorun)),
@@ -262,9 +276,7 @@ pub fn decode(input: &[u8]) -> Result<Payload, PayloadError> {
 /// even a config that would be rejected, with the reason).
 pub fn decode_file(input: &[u8]) -> Result<Result<ConfigFile, PayloadError>, PayloadError> {
     Ok(match decode_members(input)? {
-        Members::Cloudpipe(json) => {
-            Ok(serde_json::from_slice(&json).map_err(|e| PayloadError::Json(e.to_string()))?)
-        }
+        Members::Cloudpipe(json) => Ok(parse_config_json(&json)?),
         Members::Nova(autorun) => Err(PayloadError::NotZip(
             parse_nova_autorun(&autorun).migration_hint(),
         )),
@@ -595,6 +607,16 @@ mod tests {
             decode(&zip_of(&[(CONFIG_MEMBER, b"{")])),
             Err(PayloadError::Json(_))
         ));
+        // A value of the wrong kind is named by its field.
+        let mut v = serde_json::to_value(sample_file()).unwrap();
+        v["mtu"] = 70000.into();
+        match decode(&zip_of(&[(
+            CONFIG_MEMBER,
+            &serde_json::to_vec(&v).unwrap(),
+        )])) {
+            Err(PayloadError::Json(e)) => assert!(e.starts_with("mtu: "), "{e}"),
+            other => panic!("{other:?}"),
+        }
         let mut bad = sample_file();
         bad.peers[0].address = "10.0.0.7".parse().unwrap();
         let bad = serde_json::to_vec(&bad).unwrap();
