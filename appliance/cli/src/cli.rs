@@ -281,11 +281,12 @@ pub struct ConfigOutputs {
     /// Print the config as a QR code in the terminal instead of as text.
     #[arg(long)]
     pub qr: bool,
-    /// Write the config as a QR code PNG (mode 0600: it holds the private key).
+    /// Write the config as a QR code PNG (mode 0600: it holds the private key)
+    /// instead of printing it as text.
     #[arg(long, value_name = "FILE")]
     pub qr_png: Option<PathBuf>,
-    /// Replace an existing --output or --qr-png file (else that is an error, and
-    /// nothing changes).
+    /// Replace a file that is already there (the --qr-png file, and `client add`'s
+    /// --output); without it that is an error, and nothing changes.
     #[arg(long)]
     pub force: bool,
 }

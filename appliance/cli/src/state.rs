@@ -77,6 +77,13 @@ impl StateDir {
     /// Create (0700) or open the state directory, which this user must be able to
     /// write: every command takes a lock in it.
     pub fn open(root: PathBuf) -> Result<Self> {
+        if root.exists() && !root.is_dir() {
+            bail!(
+                "the state directory {} is a file, not a folder: --state-dir (or \
+                 CLOUDPIPE_STATE_DIR) names the folder that holds every network",
+                root.display()
+            );
+        }
         let usable = std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)

@@ -1704,6 +1704,20 @@ fn status_port_and_endpoint_travel_in_the_payload() {
     assert!(!plain.ok(&["openstack", "net1"]).contains("--protocol tcp"));
 }
 
+/// `--state-dir` naming a file says so, instead of "File exists (os error 17)".
+#[test]
+fn a_state_dir_that_is_a_file_is_named() {
+    let s = State::new("statefile");
+    std::fs::write(&s.0, b"not a folder").unwrap();
+    let e = s.fails(&["network", "list"]);
+    assert!(
+        e.contains("is a file, not a folder") && e.contains("--state-dir"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(&s.0).unwrap(), b"not a folder");
+    std::fs::remove_file(&s.0).unwrap();
+}
+
 /// What a new user types first, and the errors that say what is wrong and how to
 /// write it instead.
 #[test]
