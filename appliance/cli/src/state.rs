@@ -212,6 +212,10 @@ pub struct Batch {
     /// Temporary file, final path, whether an existing file there is replaced; in
     /// the order written.
     staged: Vec<(PathBuf, PathBuf, bool)>,
+    /// Outputs that are not regular files (`/dev/stdout`, `/dev/null`, a pipe):
+    /// written into at commit, after the renames. A rename over them would put a
+    /// regular file in place of the device (as root, in /dev).
+    direct: Vec<(PathBuf, Vec<u8>)>,
 }
 
 impl Batch {
@@ -232,6 +236,19 @@ impl Batch {
     }
 
     fn stage(&mut self, path: &Path, bytes: &[u8], mode: u32, replace: bool) -> Result<()> {
+        if let Ok(meta) = std::fs::metadata(path) {
+            let kind = meta.file_type();
+            if kind.is_dir() {
+                bail!("{} is a folder: name a file to write", path.display());
+            }
+            if !kind.is_file() {
+                if !replace {
+                    return Err(exists_error(path));
+                }
+                self.direct.push((path.to_path_buf(), bytes.to_vec()));
+                return Ok(());
+            }
+        }
         let name = path
             .file_name()
             .with_context(|| format!("{} is not a file name", path.display()))?;
@@ -313,6 +330,13 @@ impl Batch {
             File::open(dir)
                 .and_then(|d| d.sync_all())
                 .with_context(|| format!("syncing {}", dir.display()))?;
+        }
+        for (path, bytes) in std::mem::take(&mut self.direct) {
+            OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|mut f| f.write_all(&bytes))
+                .with_context(|| format!("writing {}", path.display()))?;
         }
         Ok(())
     }
@@ -460,6 +484,38 @@ mod tests {
         drop(held);
         let f = OpenOptions::new().write(true).open(&p).unwrap();
         assert!(Flock::lock(f, FlockArg::LockExclusiveNonblock).is_ok());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_device_or_pipe_is_written_into_never_replaced() {
+        let d = temp("fifo");
+        let p = d.join("out");
+        nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // The read end first, without blocking, so that the write finds a reader.
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut reader = OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(&p)
+            .unwrap();
+        write_atomic(&p, b"payload", 0o600).unwrap();
+        let mut got = Vec::new();
+        let _ = reader.read_to_end(&mut got);
+        assert_eq!(got, b"payload");
+        use std::os::unix::fs::FileTypeExt;
+        assert!(
+            std::fs::metadata(&p).unwrap().file_type().is_fifo(),
+            "replaced"
+        );
+        assert_eq!(
+            std::fs::read_dir(&d).unwrap().count(),
+            1,
+            "no temp file left"
+        );
+        let e = write_atomic(&d, b"x", 0o600).unwrap_err();
+        assert!(e.to_string().contains("is a folder"), "{e}");
         std::fs::remove_dir_all(&d).unwrap();
     }
 
