@@ -9,7 +9,8 @@ to the git-ignored corpus/.
 Targets: payload_decode, overlay_parse, http_response, meta_data, network_data,
 arp_frame, config_drive (needs genisoimage). uapi_parse's seeds are requests captured from stock `wg`;
 datagram's are inputs its own runs found (structured: written by libFuzzer, not
-by hand). The keys are obviously fake: readable base64 that decodes to 32 bytes.
+by hand): a 10-minute run's corpus after `cargo fuzz cmin datagram`, every 14th
+by size (47 of 662). The keys are obviously fake: readable base64 that decodes to 32 bytes.
 """
 import base64
 import io
