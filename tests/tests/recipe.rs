@@ -24,6 +24,35 @@ struct Server {
     user_data: Vec<u8>,
 }
 
+/// Boot the appliance on the port the recipe made, add alice to the running
+/// appliance (published as printed) and wait until she reaches the tenant VM
+/// through the floating IP. The daemon and her client live as long as the pair.
+fn boot_and_connect_alice(
+    lab: &Lab,
+    state: &Path,
+    server: &Server,
+) -> (cloudpipe_lab::daemon::Daemon, WgClient) {
+    lab.attach_appliance(0, &server.port).unwrap();
+    lab.set_user_data(&server.user_data).unwrap();
+    let mut d = lab.start_daemon(&[]).unwrap();
+    d.wait_ready(Duration::from_secs(30)).unwrap();
+    let conf = cloudpipe(state, &["client", "add", NETWORK, "alice"]);
+    publish_as_printed(lab, state);
+    let alice = WgClient::up(
+        &lab.outside(),
+        &format!("{}a", lab.id()),
+        &conf,
+        &lab.dir().join("clients"),
+    )
+    .unwrap();
+    let vm = lab.tenant_vm_ip().to_string();
+    wait_for(CONNECT_WITHIN, "alice reaches the tenant VM", || {
+        Ok(ping_all(lab, &lab.outside(), &vm, 1))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", alice.show(), d.log()));
+    (d, alice)
+}
+
 /// Run `recipe` (the printed text) with `bash -e`, as the lab's member.
 fn apply_as_printed(lab: &Lab, state: &Path, recipe: &str) -> Server {
     run_as_printed(lab, state, recipe);
@@ -247,25 +276,7 @@ fn the_printed_recipe_launches_as_a_member_allocating_the_floating_ip() {
         "{show}"
     );
 
-    lab.attach_appliance(0, &server.port).unwrap();
-    lab.set_user_data(&server.user_data).unwrap();
-    let mut d = lab.start_daemon(&[]).unwrap();
-    d.wait_ready(Duration::from_secs(30)).unwrap();
-    // A client added to the running appliance, published as printed.
-    let conf = cloudpipe(&state, &["client", "add", NETWORK, "alice"]);
-    publish_as_printed(&lab, &state);
-    let alice = WgClient::up(
-        &lab.outside(),
-        &format!("{}a", lab.id()),
-        &conf,
-        &lab.dir().join("clients"),
-    )
-    .unwrap();
-    let vm = lab.tenant_vm_ip().to_string();
-    wait_for(CONNECT_WITHIN, "alice reaches the tenant VM", || {
-        Ok(ping_all(&lab, &lab.outside(), &vm, 1))
-    })
-    .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", alice.show(), d.log()));
+    let (_d, _alice) = boot_and_connect_alice(&lab, &state, &server);
     // The tenant VM reaches alice: ping, and a TCP connection to her pool address.
     assert!(ping_all(&lab, &lab.tenant_vm(), "10.77.0.250", 3));
     #[allow(clippy::zombie_processes)] // the lab tracks the PID, kills and reaps it
@@ -349,23 +360,5 @@ fn the_printed_recipe_reuses_a_floating_ip_the_project_holds() {
     assert_eq!(neutron_holds(&lab, &r).to_string(), held);
     assert!(r.port.allowed_address_pairs.is_empty());
 
-    lab.attach_appliance(0, &server.port).unwrap();
-    lab.set_user_data(&server.user_data).unwrap();
-    let mut d = lab.start_daemon(&[]).unwrap();
-    d.wait_ready(Duration::from_secs(30)).unwrap();
-    // A client added to the running appliance, published as printed.
-    let conf = cloudpipe(&state, &["client", "add", NETWORK, "alice"]);
-    publish_as_printed(&lab, &state);
-    let alice = WgClient::up(
-        &lab.outside(),
-        &format!("{}a", lab.id()),
-        &conf,
-        &lab.dir().join("clients"),
-    )
-    .unwrap();
-    let vm = lab.tenant_vm_ip().to_string();
-    wait_for(CONNECT_WITHIN, "alice reaches the tenant VM", || {
-        Ok(ping_all(&lab, &lab.outside(), &vm, 1))
-    })
-    .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", alice.show(), d.log()));
+    let (_d, _alice) = boot_and_connect_alice(&lab, &state, &server);
 }
